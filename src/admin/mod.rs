@@ -1,0 +1,80 @@
+//! The admin listener: health endpoints for orchestrators (`/live`, `/ready`).
+//! Separate from the proxy listeners and on loopback by default.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// What the admin endpoints report.
+#[derive(Debug, Default)]
+pub struct AdminState {
+    /// Config loaded and every listener bound, and not draining.
+    ready: AtomicBool,
+}
+
+impl AdminState {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves the admin endpoints until `stop` turns true.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let state = state.clone();
+                    let builder = builder.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| handle(state.clone(), req));
+                        if let Err(err) = builder.serve_connection(TokioIo::new(stream), service).await {
+                            debug!(client = %remote, error = %err, "admin connection error");
+                        }
+                    });
+                }
+                Err(err) => {
+                    warn!(error = %err, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = crate::stopped(&mut stop) => return,
+        }
+    }
+}
+
+async fn handle(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live") => (StatusCode::OK, "live\n"),
+        (&Method::GET, "/ready") if state.is_ready() => (StatusCode::OK, "ready\n"),
+        (&Method::GET, "/ready") => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        (_, "/live" | "/ready") => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        _ => (StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(response)
+}

@@ -1,0 +1,136 @@
+//! Wiring: bind the sockets a config names, build the routing snapshot, spawn a task per
+//! listener and one for admin, and stop them all gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::proxy::{self, ListenerCtx, Shared, Snapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{what} {addr}: cannot bind: {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started hoptrace: every socket bound and served.
+#[derive(Debug)]
+pub struct Running {
+    listeners: Vec<(String, SocketAddr)>,
+    admin_addr: SocketAddr,
+    admin: Arc<AdminState>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Admin stops last, so `/ready` answers 503 while listeners drain.
+    admin_stop: watch::Sender<bool>,
+    admin_task: JoinHandle<()>,
+}
+
+/// Binds every listener and the admin socket (all or none: the first failure is returned and
+/// nothing is served), then serves them on the current tokio runtime.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let bind = |what: String, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let mut sockets = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let socket = bind(format!("listener {}", listener.name), listener.bind).await?;
+        sockets.push(socket);
+    }
+    let admin_socket = bind("admin".to_string(), config.admin.bind).await?;
+    let admin_addr = admin_socket.local_addr().unwrap_or(config.admin.bind);
+
+    let shared: Arc<Shared> = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+        config.clone(),
+        1,
+        None,
+    )));
+    let (stop, stop_rx) = watch::channel(false);
+    let grace = config.shutdown.grace;
+    let mut listeners = Vec::with_capacity(sockets.len());
+    let mut tasks = Vec::with_capacity(sockets.len());
+    for (index, (socket, listener)) in sockets.into_iter().zip(&config.listeners).enumerate() {
+        let addr = socket.local_addr().unwrap_or(listener.bind);
+        info!(listener = %listener.name, role = ?listener.role, %addr, "listening");
+        listeners.push((listener.name.clone(), addr));
+        let ctx = Arc::new(ListenerCtx {
+            name: listener.name.as_str().into(),
+            role: listener.role,
+            index,
+            shared: shared.clone(),
+        });
+        let listener = listener.clone();
+        let stop_rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            proxy::serve(socket, ctx, &listener, stop_rx, grace).await
+        }));
+    }
+
+    let admin = Arc::new(AdminState::default());
+    admin.set_ready(true);
+    info!(addr = %admin_addr, "admin listening");
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve(admin_socket, admin.clone(), admin_stop_rx));
+
+    Ok(Running {
+        listeners,
+        admin_addr,
+        admin,
+        shared,
+        stop,
+        tasks,
+        admin_stop,
+        admin_task,
+    })
+}
+
+impl Running {
+    /// The bound address of the listener named `name` (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, addr)| *addr)
+    }
+
+    pub fn listeners(&self) -> &[(String, SocketAddr)] {
+        &self.listeners
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The routing snapshot currently served.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.load_full()
+    }
+
+    /// Graceful stop: report not-ready, stop accepting, let in-flight requests finish (each
+    /// listener waits at most `[shutdown] grace`), then stop the admin listener.
+    pub async fn shutdown(self) {
+        self.admin.set_ready(false);
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let _ = self.admin_stop.send(true);
+        let _ = self.admin_task.await;
+        info!("all listeners drained");
+    }
+}

@@ -1,0 +1,153 @@
+//! Every way a proxied request can fail, and the one place where a failure becomes a status
+//! code, a plain-text body and an `error.type` name.
+//!
+//! | error              | status | `error.type`       |
+//! |--------------------|--------|--------------------|
+//! | no route matched   | 404    | `no_route`         |
+//! | CONNECT method     | 405    | `bad_request`      |
+//! | malformed target   | 400    | `bad_request`      |
+//! | upstream empty     | 503    | `no_healthy_upstream` |
+//! | connect refused    | 502    | `connect_error`    |
+//! | connect timed out  | 504    | `connect_timeout`  |
+//! | no response headers within `request_timeout` | 504 | `timeout` |
+//! | reset / closed before response headers | 502 | `upstream_reset` |
+//!
+//! Requests hyper rejects before they reach us get their status from hyper: malformed → 400,
+//! header section too large → 431.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ResponseBody;
+use crate::config::Endpoint;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches")]
+    NoRoute,
+    #[error("CONNECT tunnels are not supported; send plain HTTP requests through this listener")]
+    ConnectMethod,
+    #[error("request target cannot be forwarded: {0}")]
+    BadTarget(#[source] http::Error),
+    #[error("upstream {upstream} has no endpoints")]
+    NoEndpoint { upstream: Arc<str> },
+    #[error("upstream {upstream} endpoint {endpoint}: connection failed: {}", source_chain(source.as_ref()))]
+    Connect {
+        upstream: Arc<str>,
+        endpoint: Endpoint,
+        source: BoxError,
+    },
+    #[error("upstream {upstream} endpoint {endpoint}: connect timed out after {timeout:?}")]
+    ConnectTimeout {
+        upstream: Arc<str>,
+        endpoint: Endpoint,
+        timeout: Duration,
+    },
+    #[error("upstream {upstream} endpoint {endpoint}: no response headers within {timeout:?}")]
+    Timeout {
+        upstream: Arc<str>,
+        endpoint: Endpoint,
+        timeout: Duration,
+    },
+    #[error("upstream {upstream} endpoint {endpoint}: failed before response headers: {}", source_chain(source.as_ref()))]
+    Reset {
+        upstream: Arc<str>,
+        endpoint: Endpoint,
+        source: BoxError,
+    },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BadTarget(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// The OpenTelemetry `error.type` value for this failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::ConnectMethod | ProxyError::BadTarget(_) => "bad_request",
+            ProxyError::NoEndpoint { .. } => "no_healthy_upstream",
+            ProxyError::Connect { .. } => "connect_error",
+            ProxyError::ConnectTimeout { .. } => "connect_timeout",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::Reset { .. } => "upstream_reset",
+        }
+    }
+
+    /// Short, fixed text for the client: the details (addresses, causes) go to the log, not
+    /// to whoever sent the request.
+    fn body(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "hoptrace: no route for this request\n",
+            ProxyError::ConnectMethod => "hoptrace: CONNECT is not supported\n",
+            ProxyError::BadTarget(_) => "hoptrace: bad request target\n",
+            ProxyError::NoEndpoint { .. } => "hoptrace: no upstream endpoint available\n",
+            ProxyError::Connect { .. } => "hoptrace: upstream connection failed\n",
+            ProxyError::ConnectTimeout { .. } => "hoptrace: upstream connect timed out\n",
+            ProxyError::Timeout { .. } => "hoptrace: upstream timed out\n",
+            ProxyError::Reset { .. } => "hoptrace: upstream closed the connection\n",
+        }
+    }
+
+    /// The response hoptrace sends for this error. `x-hoptrace-error` carries `kind()` so
+    /// that a proxy-made 502 can be told from one the app sent.
+    pub fn to_response(&self) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::text(self.body()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            "x-hoptrace-error",
+            HeaderValue::from_static(self.kind()),
+        );
+        response
+    }
+}
+
+/// "a: b: c" from an error and its sources, so a log line names the root cause
+/// ("connection refused") and not only hyper-util's wrapper ("client error (Connect)").
+fn source_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = e.source();
+    }
+    text
+}
+
+/// True when `error` (or a source) is an I/O timeout: how hyper-util's connector reports an
+/// elapsed `connect_timeout`.
+pub(super) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}

@@ -1,0 +1,202 @@
+//! One request through the proxy: route, rewrite, forward over a pooled connection, stream
+//! the response back. Failures are turned into responses by `ProxyError`, here, once.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, info, warn};
+
+use super::body::ResponseBody;
+use super::error::{ProxyError, is_timeout};
+use super::headers::{add_forwarded, is_upgrade_request, remove_hop_by_hop};
+use super::listener::{ConnInfo, ListenerCtx};
+use super::route::{RequestInfo, host_without_port};
+use super::snapshot::Snapshot;
+use super::upstream::{InFlight, Upstream};
+
+/// hyper's service entry point. Never fails: every error becomes a response.
+pub async fn handle(
+    ctx: Arc<ListenerCtx>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    // Own the snapshot for the whole request (never hold an ArcSwap guard across .await).
+    let snapshot = ctx.shared.load_full();
+    let method = req.method().clone();
+    match forward(&ctx, conn, &snapshot, req).await {
+        Ok(response) => Ok(response),
+        Err(err) => {
+            match &err {
+                ProxyError::NoRoute | ProxyError::ConnectMethod | ProxyError::BadTarget(_) => {
+                    info!(listener = %ctx.name, client = %conn.remote, %method, error = %err, "request rejected")
+                }
+                _ => {
+                    warn!(listener = %ctx.name, client = %conn.remote, %method, error = %err, "request failed")
+                }
+            }
+            Ok(err.to_response())
+        }
+    }
+}
+
+async fn forward(
+    ctx: &ListenerCtx,
+    conn: ConnInfo,
+    snapshot: &Snapshot,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::ConnectMethod);
+    }
+    // RFC 9112 §3.2.2: with an absolute-form target (a request sent to us as an HTTP proxy)
+    // or an HTTP/2 `:authority`, the target's authority is the host and replaces `Host`.
+    if let Some(authority) = req.uri().authority() {
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, value);
+        }
+    }
+    let host_header = req.headers().get(header::HOST).cloned();
+    let upstream = {
+        let info = RequestInfo {
+            host: host_header
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .map(host_without_port),
+            path: req.uri().path(),
+            method: req.method(),
+            headers: req.headers(),
+        };
+        let table = snapshot.tables.get(ctx.index).ok_or(ProxyError::NoRoute)?;
+        let route = table.find(&info).ok_or(ProxyError::NoRoute)?;
+        route.target.clone()
+    };
+
+    // A protocol switch (WebSocket) is relayed as a byte stream once both sides agree.
+    let client_upgrade = (req.version() == Version::HTTP_11 && is_upgrade_request(req.headers()))
+        .then(|| hyper::upgrade::on(&mut req));
+    remove_hop_by_hop(req.headers_mut(), client_upgrade.is_some());
+    add_forwarded(req.headers_mut(), conn.remote.ip(), "http", host_header);
+
+    let in_flight = InFlight::pick(&upstream).ok_or_else(|| ProxyError::NoEndpoint {
+        upstream: upstream.name.clone(),
+    })?;
+    let endpoint = in_flight
+        .endpoint()
+        .ok_or_else(|| ProxyError::NoEndpoint {
+            upstream: upstream.name.clone(),
+        })?;
+
+    // Send to the chosen endpoint: the URI's authority selects the client's pool.
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(endpoint.authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(ProxyError::BadTarget)?;
+    let client_version = req.version();
+    *req.version_mut() = upstream.version();
+
+    let started = Instant::now();
+    let timeout = upstream.config.request_timeout;
+    let sent = tokio::time::timeout(timeout, upstream.client.request(req)).await;
+    let mut response = match sent {
+        Err(_elapsed) => {
+            return Err(ProxyError::Timeout {
+                upstream: upstream.name.clone(),
+                endpoint: endpoint.endpoint.clone(),
+                timeout,
+            });
+        }
+        Ok(Err(err)) => return Err(upstream_error(&upstream, &in_flight, err)),
+        Ok(Ok(response)) => response,
+    };
+    endpoint.record_success(started.elapsed());
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            remove_hop_by_hop(response.headers_mut(), true);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
+            let (parts, _) = response.into_parts();
+            return Ok(Response::from_parts(parts, ResponseBody::empty()));
+        }
+    }
+    remove_hop_by_hop(response.headers_mut(), false);
+    let (mut parts, body) = response.into_parts();
+    // Answer in the client's protocol, whatever the upstream spoke.
+    parts.version = client_version;
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::Upstream {
+            body,
+            _in_flight: in_flight,
+        },
+    ))
+}
+
+/// Classifies a client error. A refused or timed-out connect puts the endpoint in back-off.
+fn upstream_error(
+    upstream: &Upstream,
+    in_flight: &InFlight,
+    err: hyper_util::client::legacy::Error,
+) -> ProxyError {
+    let Some(state) = in_flight.endpoint() else {
+        return ProxyError::NoEndpoint {
+            upstream: upstream.name.clone(),
+        };
+    };
+    let endpoint = state.endpoint.clone();
+    let name = upstream.name.clone();
+    if err.is_connect() {
+        state.mark_failed(upstream.config.failure_backoff);
+        if is_timeout(&err) {
+            ProxyError::ConnectTimeout {
+                upstream: name,
+                endpoint,
+                timeout: upstream.config.connect_timeout,
+            }
+        } else {
+            ProxyError::Connect {
+                upstream: name,
+                endpoint,
+                source: err.into(),
+            }
+        }
+    } else {
+        ProxyError::Reset {
+            upstream: name,
+            endpoint,
+            source: err.into(),
+        }
+    }
+}
+
+/// Relays bytes both ways between the client and the upstream after a `101 Switching
+/// Protocols`, until either side closes.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, in_flight: InFlight) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(err) => {
+            debug!(error = %err, "protocol upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "upgraded stream closed"),
+        Err(err) => debug!(error = %err, "upgraded stream ended with an error"),
+    }
+    drop(in_flight);
+}

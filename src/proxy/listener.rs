@@ -1,0 +1,100 @@
+//! A listener: accepts TCP connections and serves HTTP/1.1 and HTTP/2 (h2c prior knowledge)
+//! on them, each request going to `forward::handle`. On stop it closes the socket and lets
+//! open connections finish their requests, up to the grace period.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::forward;
+use super::snapshot::Shared;
+use crate::config::{ListenerConfig, Role};
+
+/// What every request of a listener shares.
+#[derive(Debug)]
+pub struct ListenerCtx {
+    pub name: Arc<str>,
+    pub role: Role,
+    /// Position in `Config::listeners`, which is also its route table's index.
+    pub index: usize,
+    pub shared: Arc<Shared>,
+}
+
+/// The connection a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// How long to wait after a failed `accept` (e.g. out of file descriptors) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves `listener` until `stop` turns true, then drains: waits for in-flight requests on
+/// open connections for at most `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ListenerCtx>,
+    config: &ListenerConfig,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        // hyper answers 431 when the header section does not fit.
+        .max_buf_size(config.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let local = stream.local_addr().unwrap_or(config.bind);
+                    if let Err(err) = stream.set_nodelay(true) {
+                        debug!(error = %err, "set_nodelay failed");
+                    }
+                    let conn = ConnInfo { remote, local };
+                    let ctx = ctx.clone();
+                    let service = service_fn(move |req| forward::handle(ctx.clone(), conn, req));
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        if let Err(err) = watcher.watch(connection).await {
+                            debug!(client = %remote, error = %err, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(err) => {
+                    warn!(listener = %ctx.name, error = %err, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            _ = crate::stopped(&mut stop) => break,
+        }
+    }
+    // Closing the socket refuses new connections at once.
+    drop(listener);
+    let open = graceful.count();
+    info!(listener = %ctx.name, open_connections = open, "stopped accepting; draining");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        warn!(listener = %ctx.name, ?grace, "grace period over; closing remaining connections");
+    }
+}

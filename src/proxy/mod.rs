@@ -1,0 +1,34 @@
+//! The data path: accept connections, match a route, forward to an upstream endpoint, stream
+//! the response back. Errors become status codes in one place (`error`).
+//!
+//! Request lifecycle (one `forward::handle` call per request):
+//!
+//! ```text
+//! accept ─► hyper (h1 / h2c) ─► load snapshot ─► route ─► rewrite headers ─► pick endpoint
+//!        ─► pooled client request (request_timeout to headers) ─► response headers
+//!        ─► body streamed back (ResponseBody) ─► end
+//! ```
+
+// No panics on the request path (STYLE rule 5).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod balance;
+mod body;
+mod error;
+mod forward;
+mod headers;
+mod listener;
+pub mod route;
+mod snapshot;
+mod upstream;
+
+pub use self::body::ResponseBody;
+pub use self::error::ProxyError;
+pub use self::listener::{ConnInfo, ListenerCtx, serve};
+pub use self::snapshot::{Shared, Snapshot};
+pub use self::upstream::Upstream;

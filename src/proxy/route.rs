@@ -1,0 +1,278 @@
+//! The route table of one listener: which route a request matches.
+//!
+//! A request matches a route when every matcher the route sets matches (host, path prefix,
+//! method, headers). Among matching routes the most specific wins, in this order:
+//! exact host over `*.suffix` host (longer suffix first) over no host; then the longest
+//! `path_prefix`; then a route with `methods` over one without; then more header matchers;
+//! then file order. The table is sorted once when built, so a lookup is one scan with early
+//! exit and allocates nothing.
+
+use std::cmp::Reverse;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::config::HostMatch;
+
+/// One compiled route. `T` is what the route leads to (an upstream in the proxy).
+#[derive(Debug)]
+pub struct Route<T> {
+    /// `name` if the route has one, else its `path_prefix`: the span's route template.
+    pub template: std::sync::Arc<str>,
+    /// Position in the config's `routes` array.
+    pub index: usize,
+    host: Option<HostMatch>,
+    path_prefix: Box<str>,
+    methods: Box<[Method]>,
+    headers: Box<[(HeaderName, HeaderValue)]>,
+    pub target: T,
+}
+
+/// Matchers of a route, as the config gives them.
+pub struct RouteSpec {
+    pub name: Option<String>,
+    pub index: usize,
+    pub host: Option<HostMatch>,
+    pub path_prefix: String,
+    pub methods: Vec<Method>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug)]
+pub struct RouteTable<T> {
+    routes: Box<[Route<T>]>,
+}
+
+/// The parts of a request that routing looks at.
+pub struct RequestInfo<'a> {
+    /// Host without port, from the absolute-form target or the `Host` header.
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+}
+
+impl<T> RouteTable<T> {
+    pub fn new(specs: impl IntoIterator<Item = (RouteSpec, T)>) -> Self {
+        let mut routes: Vec<Route<T>> = specs
+            .into_iter()
+            .map(|(spec, target)| Route {
+                template: spec.name.unwrap_or_else(|| spec.path_prefix.clone()).into(),
+                index: spec.index,
+                host: spec.host,
+                path_prefix: spec.path_prefix.into_boxed_str(),
+                methods: spec.methods.into_boxed_slice(),
+                headers: spec.headers.into_boxed_slice(),
+                target,
+            })
+            .collect();
+        // Stable sort: equal specificity keeps file order.
+        routes.sort_by_key(|r| Reverse(r.specificity()));
+        RouteTable {
+            routes: routes.into_boxed_slice(),
+        }
+    }
+
+    pub fn find(&self, req: &RequestInfo<'_>) -> Option<&Route<T>> {
+        self.routes.iter().find(|r| r.matches(req))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Route<T>> {
+        self.routes.iter()
+    }
+}
+
+impl<T> Route<T> {
+    fn specificity(&self) -> (u8, usize, usize, bool, usize) {
+        let (class, host_len) = match &self.host {
+            Some(HostMatch::Exact(h)) => (2, h.len()),
+            Some(HostMatch::Suffix(s)) => (1, s.len()),
+            None => (0, 0),
+        };
+        (
+            class,
+            host_len,
+            self.path_prefix.len(),
+            !self.methods.is_empty(),
+            self.headers.len(),
+        )
+    }
+
+    fn matches(&self, req: &RequestInfo<'_>) -> bool {
+        if let Some(want) = &self.host {
+            match req.host {
+                Some(host) if host_matches(want, host) => {}
+                _ => return false,
+            }
+        }
+        if !path_matches(&self.path_prefix, req.path) {
+            return false;
+        }
+        if !self.methods.is_empty() && !self.methods.contains(req.method) {
+            return false;
+        }
+        self.headers
+            .iter()
+            .all(|(name, value)| req.headers.get_all(name).iter().any(|v| v == value))
+    }
+}
+
+fn host_matches(want: &HostMatch, host: &str) -> bool {
+    // A fully qualified name may end in a dot: "api.example.com." is "api.example.com".
+    let host = host.strip_suffix('.').unwrap_or(host);
+    match want {
+        HostMatch::Exact(exact) => host.eq_ignore_ascii_case(exact),
+        HostMatch::Suffix(suffix) => {
+            // `*.example.com` needs at least one character before `.example.com`.
+            host.len() > suffix.len()
+                && host
+                    .as_bytes()
+                    .get(host.len() - suffix.len()..)
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix.as_bytes()))
+        }
+    }
+}
+
+/// Prefixes match whole path segments: `/api` matches `/api` and `/api/x`, not `/apix`.
+/// A prefix ending in `/` matches every path that starts with it.
+fn path_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+/// The host part of a `Host` header value or authority: port and IPv6 brackets removed.
+pub fn host_without_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // IPv6 literal: "[::1]:8080" → "::1".
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn spec(index: usize, host: Option<&str>, prefix: &str) -> RouteSpec {
+        RouteSpec {
+            name: None,
+            index,
+            host: host.map(|h| match h.strip_prefix('*') {
+                Some(s) => HostMatch::Suffix(s.to_string()),
+                None => HostMatch::Exact(h.to_string()),
+            }),
+            path_prefix: prefix.to_string(),
+            methods: vec![],
+            headers: vec![],
+        }
+    }
+
+    fn find<'t>(
+        table: &'t RouteTable<&'static str>,
+        host: Option<&str>,
+        method: Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<&'static str> {
+        table
+            .find(&RequestInfo {
+                host,
+                path,
+                method: &method,
+                headers,
+            })
+            .map(|r| r.target)
+    }
+
+    #[test]
+    fn longest_prefix_wins_on_segment_boundaries() {
+        let t = RouteTable::new([
+            (spec(0, None, "/"), "root"),
+            (spec(1, None, "/api"), "api"),
+            (spec(2, None, "/api/v2"), "v2"),
+            (spec(3, None, "/static/"), "static"),
+        ]);
+        let h = HeaderMap::new();
+        assert_eq!(find(&t, None, Method::GET, "/", &h), Some("root"));
+        assert_eq!(find(&t, None, Method::GET, "/api", &h), Some("api"));
+        assert_eq!(find(&t, None, Method::GET, "/api/x", &h), Some("api"));
+        assert_eq!(find(&t, None, Method::GET, "/apix", &h), Some("root"));
+        assert_eq!(find(&t, None, Method::GET, "/api/v2/pay", &h), Some("v2"));
+        assert_eq!(find(&t, None, Method::GET, "/api/v20", &h), Some("api"));
+        assert_eq!(find(&t, None, Method::GET, "/static/a.css", &h), Some("static"));
+        assert_eq!(find(&t, None, Method::GET, "/static", &h), Some("root"));
+    }
+
+    #[test]
+    fn host_exact_beats_wildcard_beats_none() {
+        let t = RouteTable::new([
+            (spec(0, None, "/"), "any"),
+            (spec(1, Some("*.example.com"), "/"), "wild"),
+            (spec(2, Some("*.eu.example.com"), "/"), "wild-eu"),
+            (spec(3, Some("api.example.com"), "/"), "exact"),
+        ]);
+        let h = HeaderMap::new();
+        assert_eq!(find(&t, Some("api.example.com"), Method::GET, "/", &h), Some("exact"));
+        assert_eq!(find(&t, Some("API.Example.COM."), Method::GET, "/", &h), Some("exact"));
+        assert_eq!(find(&t, Some("www.example.com"), Method::GET, "/", &h), Some("wild"));
+        assert_eq!(find(&t, Some("a.b.example.com"), Method::GET, "/", &h), Some("wild"));
+        assert_eq!(find(&t, Some("x.eu.example.com"), Method::GET, "/", &h), Some("wild-eu"));
+        // The wildcard needs a label before the suffix.
+        assert_eq!(find(&t, Some("example.com"), Method::GET, "/", &h), Some("any"));
+        assert_eq!(find(&t, Some("other.org"), Method::GET, "/", &h), Some("any"));
+        assert_eq!(find(&t, None, Method::GET, "/", &h), Some("any"));
+    }
+
+    #[test]
+    fn host_is_more_specific_than_path() {
+        let t = RouteTable::new([
+            (spec(0, None, "/admin"), "admin"),
+            (spec(1, Some("api.example.com"), "/"), "api"),
+        ]);
+        let h = HeaderMap::new();
+        assert_eq!(find(&t, Some("api.example.com"), Method::GET, "/admin", &h), Some("api"));
+        assert_eq!(find(&t, Some("x.org"), Method::GET, "/admin", &h), Some("admin"));
+    }
+
+    #[test]
+    fn methods_and_headers_narrow_a_route() {
+        let mut post = spec(0, None, "/");
+        post.methods = vec![Method::POST, Method::PUT];
+        let mut canary = spec(1, None, "/");
+        canary.headers = vec![(
+            HeaderName::from_static("x-canary"),
+            HeaderValue::from_static("1"),
+        )];
+        let t = RouteTable::new([(post, "write"), (canary, "canary"), (spec(2, None, "/"), "default")]);
+        let mut h = HeaderMap::new();
+        assert_eq!(find(&t, None, Method::POST, "/x", &h), Some("write"));
+        assert_eq!(find(&t, None, Method::GET, "/x", &h), Some("default"));
+        h.append("x-canary", HeaderValue::from_static("0"));
+        assert_eq!(find(&t, None, Method::GET, "/x", &h), Some("default"));
+        h.append("x-canary", HeaderValue::from_static("1"));
+        assert_eq!(find(&t, None, Method::GET, "/x", &h), Some("canary"));
+    }
+
+    #[test]
+    fn no_match_is_none_and_ties_keep_file_order() {
+        let t = RouteTable::new([(spec(0, None, "/a"), "first"), (spec(1, None, "/a"), "second")]);
+        let h = HeaderMap::new();
+        assert_eq!(find(&t, None, Method::GET, "/a", &h), Some("first"));
+        assert_eq!(find(&t, None, Method::GET, "/b", &h), None);
+    }
+
+    #[test]
+    fn host_without_port_handles_ipv6_and_ports() {
+        assert_eq!(host_without_port("example.com:8080"), "example.com");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("[::1]:8080"), "::1");
+        assert_eq!(host_without_port("[::1]"), "::1");
+        assert_eq!(host_without_port("10.0.0.1:80"), "10.0.0.1");
+        assert_eq!(host_without_port("weird:port"), "weird:port");
+    }
+}

@@ -1,0 +1,76 @@
+//! The routing snapshot: every listener's route table and every upstream, built from one
+//! `Config` and swapped in whole (`ArcSwap`), so a request sees one consistent config from
+//! start to end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::route::{RouteSpec, RouteTable};
+use super::upstream::Upstream;
+use crate::config::Config;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Counts applied configs, starting at 1.
+    pub generation: u64,
+    pub config: Arc<Config>,
+    /// Route tables indexed like `config.listeners` (the listener set is static).
+    pub tables: Box<[RouteTable<Arc<Upstream>>]>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+}
+
+/// The current snapshot, shared by every listener.
+pub type Shared = ArcSwap<Snapshot>;
+
+impl Snapshot {
+    /// Compiles a config. An upstream whose definition equals one in `previous` is carried
+    /// over as is, keeping its connection pool warm across a reload.
+    pub fn build(config: Arc<Config>, generation: u64, previous: Option<&Snapshot>) -> Snapshot {
+        let upstreams: HashMap<String, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|(name, def)| {
+                let reused = previous
+                    .and_then(|p| p.upstreams.get(name))
+                    .filter(|u| u.config == *def)
+                    .cloned();
+                let upstream = reused.unwrap_or_else(|| Arc::new(Upstream::new(name, def)));
+                (name.clone(), upstream)
+            })
+            .collect();
+        let tables = config
+            .listeners
+            .iter()
+            .map(|listener| {
+                RouteTable::new(
+                    config
+                        .routes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.listener == listener.name)
+                        .filter_map(|(index, r)| {
+                            // Validation guarantees the upstream exists.
+                            let upstream = upstreams.get(&r.upstream)?.clone();
+                            let spec = RouteSpec {
+                                name: r.name.clone(),
+                                index,
+                                host: r.host.clone(),
+                                path_prefix: r.path_prefix.clone(),
+                                methods: r.methods.clone(),
+                                headers: r.headers.clone(),
+                            };
+                            Some((spec, upstream))
+                        }),
+                )
+            })
+            .collect();
+        Snapshot {
+            generation,
+            config,
+            tables,
+            upstreams,
+        }
+    }
+}

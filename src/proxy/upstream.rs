@@ -1,0 +1,93 @@
+//! An upstream: its endpoints, their balancer, and the pooled HTTP client that reaches them.
+//!
+//! One hyper-util client per upstream, so HTTP/1.1 vs h2c and pool settings are per upstream
+//! and a reload can carry an unchanged upstream (and its warm connections) over as one `Arc`.
+//! The client pools by authority, and every endpoint has its own, so each endpoint has its own
+//! pool of kept-alive connections.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::balance::{Balancer, EndpointState};
+use crate::config::{Protocol, UpstreamConfig};
+
+pub type UpstreamClient = Client<HttpConnector, Incoming>;
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub config: UpstreamConfig,
+    pub client: UpstreamClient,
+    pub balancer: Balancer,
+}
+
+impl Upstream {
+    pub fn new(name: &str, config: &UpstreamConfig) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        // Small requests must not wait for Nagle.
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.idle_timeout)
+            .pool_max_idle_per_host(config.max_idle_per_endpoint)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(config.protocol == Protocol::Http2)
+            .build(connector);
+        let endpoints = config
+            .endpoints
+            .iter()
+            .filter_map(|ep| {
+                // Validation guarantees host:port forms a valid authority.
+                let authority = ep.to_string().parse().ok()?;
+                Some(EndpointState::new(ep.clone(), authority))
+            })
+            .collect();
+        Upstream {
+            name: name.into(),
+            config: config.clone(),
+            client,
+            balancer: Balancer::new(config.balance, endpoints),
+        }
+    }
+
+    pub fn version(&self) -> http::Version {
+        match self.config.protocol {
+            Protocol::Http1 => http::Version::HTTP_11,
+            Protocol::Http2 => http::Version::HTTP_2,
+        }
+    }
+}
+
+/// One request's claim on an endpoint: counts as outstanding for p2c until dropped. The
+/// proxy keeps it inside the response body, so the claim lasts until the body ends.
+#[derive(Debug)]
+pub struct InFlight {
+    upstream: Arc<Upstream>,
+    index: usize,
+}
+
+impl InFlight {
+    /// Picks an endpoint of `upstream`; `None` when it has none.
+    pub fn pick(upstream: &Arc<Upstream>) -> Option<InFlight> {
+        let index = upstream.balancer.pick()?;
+        Some(InFlight {
+            upstream: upstream.clone(),
+            index,
+        })
+    }
+
+    pub fn endpoint(&self) -> Option<&EndpointState> {
+        self.upstream.balancer.endpoint(self.index)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.upstream.balancer.release(self.index);
+    }
+}

@@ -1,0 +1,99 @@
+//! Bodies stream through the proxy in both directions: nothing is buffered whole. Each test
+//! makes one side wait for the other to see the first chunk before it sends the last, so a
+//! proxy that buffered would deadlock (and the test fail at its deadline) instead of passing.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::sync::{mpsc, oneshot};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn channel_body() -> (mpsc::Sender<Result<Frame<Bytes>, BoxError>>, TestBody) {
+    let (tx, rx) = mpsc::channel(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (tx, StreamBody::new(stream).boxed())
+}
+
+#[tokio::test]
+async fn response_chunks_reach_the_client_before_the_upstream_sends_the_last() {
+    for (client_protocol, upstream_protocol) in [("h1", "http1"), ("h2", "http2"), ("h1", "http2")] {
+        let release = Gate::default();
+        let gate = release.clone();
+        let upstream = serve(move |_req| {
+            let gate = gate.clone();
+            async move {
+                let (tx, body) = channel_body();
+                tokio::spawn(async move {
+                    tx.send(Ok(Frame::data(Bytes::from_static(b"first chunk")))).await.unwrap();
+                    // The last chunk only after the client has seen the first.
+                    gate.notified().await;
+                    tx.send(Ok(Frame::data(Bytes::from_static(b"last chunk")))).await.unwrap();
+                });
+                Response::new(body)
+            }
+        })
+        .await;
+        let proxy = start_proxy(&simple_config("inbound", upstream.addr, upstream_protocol)).await;
+        let addr = proxy.listener_addr("main").unwrap();
+        let client = if client_protocol == "h2" { http2_client() } else { http1_client() };
+        let response = get(&client, format!("http://{addr}/stream")).await;
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let first = tokio::time::timeout(DEADLINE, body.frame())
+            .await
+            .expect("first chunk not streamed through")
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.into_data().unwrap(), "first chunk");
+        release.notify_one();
+        let rest = tokio::time::timeout(DEADLINE, body.collect()).await.unwrap().unwrap();
+        assert_eq!(rest.to_bytes(), "last chunk");
+        proxy.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn request_chunks_reach_the_upstream_before_the_client_sends_the_last() {
+    for (client_protocol, upstream_protocol) in [("h1", "http1"), ("h2", "http2")] {
+        let (seen_tx, seen_rx) = oneshot::channel::<Bytes>();
+        let seen_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(seen_tx)));
+        let upstream = serve(move |req: Request<hyper::body::Incoming>| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                let mut body = req.into_body();
+                let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+                let sender = seen_tx.lock().unwrap().take().unwrap();
+                sender.send(first.clone()).unwrap();
+                let rest = body.collect().await.unwrap().to_bytes();
+                Response::new(full(format!("{} + {}", first.len(), rest.len())))
+            }
+        })
+        .await;
+        let proxy = start_proxy(&simple_config("outbound", upstream.addr, upstream_protocol)).await;
+        let addr = proxy.listener_addr("main").unwrap();
+        let client = if client_protocol == "h2" { http2_client() } else { http1_client() };
+        let (tx, body) = channel_body();
+        let request = Request::post(format!("http://{addr}/upload")).body(body).unwrap();
+        let pending = tokio::spawn(async move { client.request(request).await });
+        tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; 1000])))).await.unwrap();
+        let first = tokio::time::timeout(DEADLINE, seen_rx)
+            .await
+            .expect("first request chunk not streamed through")
+            .unwrap();
+        assert_eq!(first.len(), 1000);
+        tx.send(Ok(Frame::data(Bytes::from(vec![b'y'; 500])))).await.unwrap();
+        drop(tx);
+        let response = pending.await.unwrap().unwrap();
+        assert_eq!(body_string(response).await, "1000 + 500");
+        proxy.shutdown().await;
+    }
+}
