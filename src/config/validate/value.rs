@@ -1,0 +1,240 @@
+//! Parsers for single config values (durations, addresses, hosts, endpoints, methods,
+//! headers). Each returns the typed value or a message naming the bad input.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::config::{Endpoint, HostMatch};
+
+pub(super) fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// A timeout: zero would fire at once, so it is rejected.
+pub(super) fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.is_zero() {
+        return Err(format!("must be greater than 0 (got {s:?})"));
+    }
+    Ok(d)
+}
+
+pub(super) fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("invalid socket address {s:?} (expected ip:port)"))
+}
+
+/// One of a fixed set of names, e.g. `role = "inbound"`.
+pub(super) fn one_of<T: Copy>(s: &str, options: &[(&str, T)]) -> Result<T, String> {
+    options
+        .iter()
+        .find(|(name, _)| *name == s)
+        .map(|&(_, value)| value)
+        .ok_or_else(|| {
+            let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+            format!("invalid value {s:?}; expected one of: {}", names.join(", "))
+        })
+}
+
+pub(super) fn non_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// An integer within `min..=max`, as a `usize`.
+pub(super) fn in_range(n: i64, min: i64, max: i64) -> Result<usize, String> {
+    if n < min || n > max {
+        return Err(format!("must be between {min} and {max} (got {n})"));
+    }
+    usize::try_from(n).map_err(|_| format!("{n} does not fit this platform"))
+}
+
+/// `api.example.com` or `*.example.com`, matched against the request's host without its port.
+pub(super) fn host(s: &str) -> Result<HostMatch, String> {
+    let bad = |why: &str| format!("invalid host {s:?}: {why}");
+    if s.contains("://") {
+        return Err(bad("a host has no scheme"));
+    }
+    // RFC 4343: DNS names compare case-insensitively; keep one form.
+    let lower = s.to_ascii_lowercase();
+    if let Some(suffix) = lower.strip_prefix("*.") {
+        dns_name(suffix).map_err(bad)?;
+        return Ok(HostMatch::Suffix(format!(".{suffix}")));
+    }
+    if lower.contains('*') {
+        return Err(bad(
+            "a wildcard must be the whole first label, as in \"*.example.com\"",
+        ));
+    }
+    dns_name(&lower).map_err(bad)?;
+    Ok(HostMatch::Exact(lower))
+}
+
+/// RFC 1123 §2.1 host name syntax (letters, digits, hyphens; labels of 1 to 63 characters,
+/// 253 in all). IPv4 literals pass as well.
+fn dns_name(name: &str) -> Result<(), &'static str> {
+    if name.contains(':') {
+        return Err("a host has no port");
+    }
+    if name.is_empty() || name.len() > 253 {
+        return Err("a host name has 1 to 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each dot-separated label has 1 to 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err("only letters, digits, '-' and '.' are allowed");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label cannot start or end with '-'");
+        }
+    }
+    Ok(())
+}
+
+/// `host:port` with an explicit port; IPv6 literals in brackets (RFC 3986 §3.2.2).
+pub(super) fn endpoint(s: &str) -> Result<Endpoint, String> {
+    let bad = |why: &str| format!("invalid endpoint {s:?}: {why}");
+    if s.contains("://") {
+        return Err(bad("no scheme; write host:port"));
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (ip, port) = rest
+            .split_once("]:")
+            .ok_or_else(|| bad("expected [ipv6]:port"))?;
+        let ip: Ipv6Addr = ip.parse().map_err(|_| bad("not an IPv6 address"))?;
+        (ip.to_string(), port)
+    } else {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| bad("missing port (expected host:port)"))?;
+        if host.contains(':') {
+            return Err(bad("an IPv6 address needs brackets, as in \"[::1]:8080\""));
+        }
+        let host = host.to_ascii_lowercase();
+        dns_name(&host).map_err(bad)?;
+        (host, port)
+    };
+    let port = match port.parse::<u16>() {
+        Ok(port) if port != 0 => port,
+        _ => return Err(bad("the port must be a number from 1 to 65535")),
+    };
+    Ok(Endpoint { host, port })
+}
+
+/// An HTTP method token (RFC 9110 §9.1). Methods are case-sensitive, so `get` is not `GET`:
+/// require the uppercase form rather than silently matching nothing.
+pub(super) fn method(s: &str) -> Result<http::Method, String> {
+    if s.bytes().any(|b| b.is_ascii_lowercase()) {
+        let upper = s.to_ascii_uppercase();
+        return Err(format!("method {s:?} must be uppercase: {upper:?}"));
+    }
+    http::Method::from_bytes(s.as_bytes()).map_err(|_| format!("invalid HTTP method {s:?}"))
+}
+
+/// Stored lowercase (RFC 9110 §5.1: field names are case-insensitive).
+pub(super) fn header_name(s: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("invalid header name {s:?}"))
+}
+
+pub(super) fn header_value(s: &str) -> Result<http::HeaderValue, String> {
+    http::HeaderValue::from_str(s).map_err(|_| format!("invalid header value {s:?}"))
+}
+
+/// Matched against the request path; a query or fragment could never match.
+pub(super) fn path_prefix(s: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("invalid path prefix {s:?}: {why}");
+    if !s.starts_with('/') {
+        return Err(bad("must start with '/'"));
+    }
+    if s.contains(['?', '#']) {
+        return Err(bad("must not contain '?' or '#'"));
+    }
+    http::uri::PathAndQuery::try_from(s).map_err(|_| bad("not a valid URI path"))?;
+    Ok(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            host("API.Example.com"),
+            Ok(HostMatch::Exact("api.example.com".into()))
+        );
+        assert_eq!(
+            host("*.Example.com"),
+            Ok(HostMatch::Suffix(".example.com".into()))
+        );
+        assert_eq!(
+            host("*.internal"),
+            Ok(HostMatch::Suffix(".internal".into()))
+        );
+        for bad in [
+            "*",
+            "*.",
+            "a.*.b",
+            "*foo.com",
+            "x.com:80",
+            "http://x.com",
+            "",
+            "a..b",
+            "-a.b",
+        ] {
+            assert!(host(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        let ep = |h: &str, p| {
+            Ok(Endpoint {
+                host: h.into(),
+                port: p,
+            })
+        };
+        assert_eq!(endpoint("127.0.0.1:8080"), ep("127.0.0.1", 8080));
+        assert_eq!(endpoint("App.Internal:80"), ep("app.internal", 80));
+        assert_eq!(endpoint("[::1]:8080"), ep("::1", 8080));
+        for bad in [
+            "app",
+            "app:0",
+            "app:65536",
+            "::1:80",
+            "[::1]",
+            "[x]:80",
+            "http://a:1",
+            ":80",
+            "a:",
+        ] {
+            assert!(endpoint(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn methods_and_paths() {
+        assert_eq!(
+            method("PURGE"),
+            Ok(http::Method::from_bytes(b"PURGE").unwrap())
+        );
+        assert_eq!(
+            method("get"),
+            Err(r#"method "get" must be uppercase: "GET""#.into())
+        );
+        assert!(method("G T").is_err());
+        assert!(method("").is_err());
+        assert_eq!(path_prefix("/api/"), Ok("/api/".into()));
+        for bad in ["api", "/a?b", "/a#b", "/a b", ""] {
+            assert!(path_prefix(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

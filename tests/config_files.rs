@@ -1,0 +1,107 @@
+//! The shipped example config and the invalid fixtures, loaded through `Config::load` exactly
+//! as `hoptrace check` and startup do.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hoptrace::config::{Balance, Config, HostMatch, LoadError, Protocol, Role};
+
+fn manifest_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+#[test]
+fn example_config_is_valid() {
+    let config = Config::load(&manifest_path("config.example.toml"))
+        .unwrap_or_else(|e| panic!("config.example.toml must validate:\n{e}"));
+
+    assert_eq!(config.service.name, "checkout");
+    let inbound = &config.listeners[0];
+    assert_eq!(inbound.name, "inbound");
+    assert_eq!(inbound.bind, "0.0.0.0:4143".parse().unwrap());
+    assert_eq!(inbound.role, Role::Inbound);
+    assert_eq!(config.listeners[1].bind, "127.0.0.1:4140".parse().unwrap());
+    assert_eq!(config.listeners[1].role, Role::Outbound);
+
+    let payments = config
+        .routes
+        .iter()
+        .find(|r| r.name.as_deref() == Some("payments"));
+    let payments = payments.expect("payments route");
+    assert_eq!(
+        payments.host,
+        Some(HostMatch::Exact("payments.internal".into()))
+    );
+
+    let app = &config.upstreams["app"];
+    assert_eq!(app.endpoints[0].to_string(), "127.0.0.1:8080");
+    assert_eq!(config.upstreams["payments"].balance, Balance::P2c);
+    assert_eq!(config.upstreams["payments"].endpoints.len(), 2);
+    assert_eq!(config.upstreams["inventory"].protocol, Protocol::Http2);
+    assert_eq!(
+        config.upstreams["inventory"].idle_timeout,
+        Duration::from_secs(300)
+    );
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let path = manifest_path("tests/fixtures/no-such-file.toml");
+    let err = Config::load(&path).expect_err("missing file");
+    assert!(matches!(err, LoadError::Io { .. }));
+    assert!(
+        err.to_string().starts_with("cannot read config file "),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no-such-file.toml"), "{err}");
+}
+
+/// Each fixture starts with `# expect: <error line>` comments; each line must be printed.
+#[test]
+fn invalid_fixtures_fail_with_expected_errors() {
+    let dir = manifest_path("tests/fixtures/invalid");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixtures directory")
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 8,
+        "only {} fixtures in {}",
+        files.len(),
+        dir.display()
+    );
+
+    let mut failures = Vec::new();
+    for path in &files {
+        let text = std::fs::read_to_string(path).expect("readable fixture");
+        let expected: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# expect: "))
+            .collect();
+        assert!(
+            !expected.is_empty(),
+            "{} has no `# expect:` line",
+            path.display()
+        );
+
+        let output = match Config::load(path) {
+            Ok(_) => {
+                failures.push(format!("{}: loaded without error", path.display()));
+                continue;
+            }
+            Err(e) => e.to_string(),
+        };
+        let printed: Vec<&str> = output.lines().collect();
+        for line in expected {
+            if !printed.contains(&line) {
+                failures.push(format!(
+                    "{}: missing `{line}`; got:\n{output}",
+                    path.display()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
