@@ -135,7 +135,11 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
     };
-    info!(signal = first, ?grace, "shutting down: draining in-flight requests");
+    info!(
+        signal = first,
+        ?grace,
+        "shutting down: draining in-flight requests"
+    );
     tokio::select! {
         _ = running.shutdown() => {
             info!("stopped");

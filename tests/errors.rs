@@ -45,8 +45,14 @@ async fn refused_endpoint_is_a_502() {
         let response = get(&client, format!("http://{addr}/")).await;
         assert_eq!(response.status(), 502);
         assert_eq!(response.headers()["x-hoptrace-error"], "connect_error");
-        assert_eq!(response.headers()["content-type"], "text/plain; charset=utf-8");
-        assert_eq!(body_string(response).await, "hoptrace: upstream connection failed\n");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(
+            body_string(response).await,
+            "hoptrace: upstream connection failed\n"
+        );
     }
     proxy.shutdown().await;
 }
@@ -64,7 +70,11 @@ async fn slow_upstream_is_a_504_after_request_timeout() {
     })
     .await;
     let timeout = Duration::from_millis(300);
-    let proxy = start_proxy(&config_with(&[upstream.addr], "request_timeout = \"300ms\"")).await;
+    let proxy = start_proxy(&config_with(
+        &[upstream.addr],
+        "request_timeout = \"300ms\"",
+    ))
+    .await;
     let addr = proxy.listener_addr("main").unwrap();
     let started = Instant::now();
     let response = get(&http1_client(), format!("http://{addr}/slow")).await;
@@ -72,7 +82,10 @@ async fn slow_upstream_is_a_504_after_request_timeout() {
     assert_eq!(response.status(), 504);
     assert!(started.elapsed() >= timeout);
     assert_eq!(response.headers()["x-hoptrace-error"], "timeout");
-    assert_eq!(body_string(response).await, "hoptrace: upstream timed out\n");
+    assert_eq!(
+        body_string(response).await,
+        "hoptrace: upstream timed out\n"
+    );
     never.notify_waiters();
     proxy.shutdown().await;
 }
@@ -89,14 +102,24 @@ async fn malformed_requests_get_400_and_oversized_headers_431() {
     let response = raw_http(addr, b"GET /\x01bad HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
 
-    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(10_000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
     let response = raw_http(addr, big.as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 431"), "{response}");
 
     // Just under the limit passes.
-    let fits = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(6_000));
+    let fits = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(6_000)
+    );
     let response = raw_http(addr, fits.as_bytes()).await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{}", &response[..60.min(response.len())]);
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "{}",
+        &response[..60.min(response.len())]
+    );
 
     let response = raw_http(addr, b"CONNECT pay:443 HTTP/1.1\r\nHost: pay:443\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 405"), "{response}");
@@ -112,7 +135,12 @@ async fn round_robin_spreads_requests_and_skips_a_dead_endpoint() {
     let mut served = Vec::new();
     for _ in 0..10 {
         let response = get(&client, format!("http://{addr}/")).await;
-        served.push(response.headers()["x-upstream"].to_str().unwrap().to_string());
+        served.push(
+            response.headers()["x-upstream"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(served, ["a", "b", "a", "b", "a", "b", "a", "b", "a", "b"]);
     proxy.shutdown().await;
@@ -120,7 +148,11 @@ async fn round_robin_spreads_requests_and_skips_a_dead_endpoint() {
     // A dead endpoint between two live ones: the one request that meets it gets a 502 and
     // puts it in back-off; every later request goes to a live endpoint.
     let dead = dead_addr().await;
-    let proxy = start_proxy(&config_with(&[a.addr, dead, b.addr], "failure_backoff = \"1h\"")).await;
+    let proxy = start_proxy(&config_with(
+        &[a.addr, dead, b.addr],
+        "failure_backoff = \"1h\"",
+    ))
+    .await;
     let addr = proxy.listener_addr("main").unwrap();
     let mut outcomes = Vec::new();
     for _ in 0..12 {
@@ -130,11 +162,18 @@ async fn round_robin_spreads_requests_and_skips_a_dead_endpoint() {
             None => format!("{}", response.status().as_u16()),
         });
     }
-    assert_eq!(outcomes.iter().filter(|o| *o == "502").count(), 1, "{outcomes:?}");
+    assert_eq!(
+        outcomes.iter().filter(|o| *o == "502").count(),
+        1,
+        "{outcomes:?}"
+    );
     assert_eq!(outcomes[1], "502", "{outcomes:?}");
     let after: Vec<&String> = outcomes[2..].iter().collect();
     assert!(after.iter().all(|o| *o == "a" || *o == "b"), "{outcomes:?}");
-    assert!(after.iter().any(|o| *o == "a") && after.iter().any(|o| *o == "b"), "{outcomes:?}");
+    assert!(
+        after.iter().any(|o| *o == "a") && after.iter().any(|o| *o == "b"),
+        "{outcomes:?}"
+    );
     proxy.shutdown().await;
 }
 

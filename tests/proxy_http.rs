@@ -24,19 +24,43 @@ async fn every_role_and_protocol_passes_requests_intact() {
                 let response = client.request(request).await.unwrap();
                 assert_eq!(response.status(), 200, "{case}");
                 assert_eq!(response.headers()["x-upstream"], "app", "{case}");
-                assert_eq!(response.headers()["content-type"], "application/json", "{case}");
+                assert_eq!(
+                    response.headers()["content-type"],
+                    "application/json",
+                    "{case}"
+                );
                 let echo = body_json(response).await;
                 assert_eq!(echo["method"], "POST", "{case}");
                 let uri = echo["uri"].as_str().unwrap();
                 assert!(uri.ends_with("/orders/42?x=1&y=%20"), "{case}: {uri}");
-                let expected_version = if upstream_protocol == "http2" { "HTTP/2.0" } else { "HTTP/1.1" };
+                let expected_version = if upstream_protocol == "http2" {
+                    "HTTP/2.0"
+                } else {
+                    "HTTP/1.1"
+                };
                 assert_eq!(echo["version"], expected_version, "{case}");
                 assert_eq!(echo["body"], "payload bytes", "{case}");
                 let headers = &echo["headers"];
-                assert_eq!(headers["x-custom"], serde_json::json!(["one", "two"]), "{case}");
-                assert_eq!(headers["content-type"], serde_json::json!(["text/plain"]), "{case}");
-                assert_eq!(headers["x-forwarded-for"], serde_json::json!(["127.0.0.1"]), "{case}");
-                assert_eq!(headers["x-forwarded-proto"], serde_json::json!(["http"]), "{case}");
+                assert_eq!(
+                    headers["x-custom"],
+                    serde_json::json!(["one", "two"]),
+                    "{case}"
+                );
+                assert_eq!(
+                    headers["content-type"],
+                    serde_json::json!(["text/plain"]),
+                    "{case}"
+                );
+                assert_eq!(
+                    headers["x-forwarded-for"],
+                    serde_json::json!(["127.0.0.1"]),
+                    "{case}"
+                );
+                assert_eq!(
+                    headers["x-forwarded-proto"],
+                    serde_json::json!(["http"]),
+                    "{case}"
+                );
                 assert_eq!(
                     headers["x-forwarded-host"],
                     serde_json::json!([addr.to_string()]),
@@ -44,7 +68,11 @@ async fn every_role_and_protocol_passes_requests_intact() {
                 );
                 if upstream_protocol == "http1" {
                     // The app sees the host the client asked for, not the endpoint address.
-                    assert_eq!(headers["host"], serde_json::json!([addr.to_string()]), "{case}");
+                    assert_eq!(
+                        headers["host"],
+                        serde_json::json!([addr.to_string()]),
+                        "{case}"
+                    );
                 }
             }
             proxy.shutdown().await;
@@ -70,25 +98,38 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     let client = http1_client();
 
     // Request direction, raw over TCP so the client sends exactly these headers.
-    let raw = format!(
-        "GET /x HTTP/1.1\r\nHost: svc.local\r\nConnection: keep-alive, x-hop-a\r\n\
+    let raw = "GET /x HTTP/1.1\r\nHost: svc.local\r\nConnection: keep-alive, x-hop-a\r\n\
          X-Hop-A: 1\r\nKeep-Alive: timeout=9\r\nProxy-Connection: keep-alive\r\n\
          Proxy-Authorization: Basic c2VjcmV0\r\nTE: trailers\r\nX-Forwarded-For: 203.0.113.9\r\n\
-         X-Forwarded-Proto: https\r\nX-Keep: 1\r\n\r\n"
-    );
+         X-Forwarded-Proto: https\r\nX-Keep: 1\r\n\r\n";
     let response = raw_http(addr, raw.as_bytes()).await;
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
     let echo_json: serde_json::Value = serde_json::from_str(body).unwrap();
     let headers = echo_json["headers"].as_object().unwrap();
-    for gone in ["connection", "x-hop-a", "keep-alive", "proxy-connection", "proxy-authorization"] {
-        assert!(!headers.contains_key(gone), "{gone} was forwarded: {headers:?}");
+    for gone in [
+        "connection",
+        "x-hop-a",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+    ] {
+        assert!(
+            !headers.contains_key(gone),
+            "{gone} was forwarded: {headers:?}"
+        );
     }
     assert_eq!(headers["te"], serde_json::json!(["trailers"]));
     assert_eq!(headers["x-keep"], serde_json::json!(["1"]));
     assert_eq!(headers["host"], serde_json::json!(["svc.local"]));
-    assert_eq!(headers["x-forwarded-for"], serde_json::json!(["203.0.113.9, 127.0.0.1"]));
+    assert_eq!(
+        headers["x-forwarded-for"],
+        serde_json::json!(["203.0.113.9, 127.0.0.1"])
+    );
     assert_eq!(headers["x-forwarded-proto"], serde_json::json!(["https"]));
-    assert_eq!(headers["x-forwarded-host"], serde_json::json!(["svc.local"]));
+    assert_eq!(
+        headers["x-forwarded-host"],
+        serde_json::json!(["svc.local"])
+    );
     proxy.shutdown().await;
 
     // Response direction.
@@ -102,4 +143,3 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     assert_eq!(body_string(response).await, "ok");
     proxy.shutdown().await;
 }
-

@@ -6,7 +6,11 @@ mod common;
 use common::*;
 use http::Request;
 
-fn routing_config(a: std::net::SocketAddr, b: std::net::SocketAddr, c: std::net::SocketAddr) -> String {
+fn routing_config(
+    a: std::net::SocketAddr,
+    b: std::net::SocketAddr,
+    c: std::net::SocketAddr,
+) -> String {
     format!(
         r#"
 [service]
@@ -65,7 +69,10 @@ async fn served_by(client: &TestClient, request: Request<TestBody>) -> (u16, Str
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_else(|| {
             assert_eq!(
-                response.headers().get("x-hoptrace-error").map(|v| v.to_str().unwrap()),
+                response
+                    .headers()
+                    .get("x-hoptrace-error")
+                    .map(|v| v.to_str().unwrap()),
                 Some("no_route")
             );
             "-".to_string()
@@ -84,7 +91,11 @@ fn req(method: &str, url: String, host: &str) -> Request<TestBody> {
 
 #[tokio::test]
 async fn routes_by_host_wildcard_path_method_and_header() {
-    let (a, b, c) = (echo_server("a").await, echo_server("b").await, echo_server("c").await);
+    let (a, b, c) = (
+        echo_server("a").await,
+        echo_server("b").await,
+        echo_server("c").await,
+    );
     let proxy = start_proxy(&routing_config(a.addr, b.addr, c.addr)).await;
     let addr = proxy.listener_addr("out").unwrap();
     let client = http1_client();
@@ -97,8 +108,14 @@ async fn routes_by_host_wildcard_path_method_and_header() {
         (req("GET", url("/x"), "www.shop.internal"), (200, "b")),
         (req("GET", url("/x"), "a.b.shop.internal"), (200, "b")),
         // Exact host beats the wildcard, but only where its path prefix matches.
-        (req("GET", url("/v2/items"), "api.shop.internal"), (200, "c")),
-        (req("GET", url("/v1/items"), "api.shop.internal"), (200, "b")),
+        (
+            req("GET", url("/v2/items"), "api.shop.internal"),
+            (200, "c"),
+        ),
+        (
+            req("GET", url("/v1/items"), "api.shop.internal"),
+            (200, "b"),
+        ),
         // The wildcard needs a label before the suffix.
         (req("GET", url("/x"), "shop.internal"), (404, "-")),
         (req("GET", url("/x"), "unknown.example"), (404, "-")),
@@ -111,7 +128,9 @@ async fn routes_by_host_wildcard_path_method_and_header() {
         assert_eq!((status, server.as_str()), expected, "{what}");
     }
     let mut canary = req("GET", url("/x"), "writes");
-    canary.headers_mut().insert("x-canary", "yes".parse().unwrap());
+    canary
+        .headers_mut()
+        .insert("x-canary", "yes".parse().unwrap());
     assert_eq!(served_by(&client, canary).await, (200, "c".to_string()));
     proxy.shutdown().await;
 }
@@ -122,17 +141,27 @@ async fn no_route_is_a_404_from_hoptrace_and_nothing_is_forwarded() {
     let proxy = start_proxy(&routing_config(a.addr, a.addr, a.addr)).await;
     let addr = proxy.listener_addr("out").unwrap();
     // Absolute-form naming the upstream's real address: still no route, never an open proxy.
-    let raw = format!("GET http://{}/secret HTTP/1.1\r\nHost: {}\r\n\r\n", a.addr, a.addr);
+    let raw = format!(
+        "GET http://{}/secret HTTP/1.1\r\nHost: {}\r\n\r\n",
+        a.addr, a.addr
+    );
     let response = raw_http(addr, raw.as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
-    assert!(response.contains("x-hoptrace-error: no_route"), "{response}");
+    assert!(
+        response.contains("x-hoptrace-error: no_route"),
+        "{response}"
+    );
     assert!(response.contains("hoptrace: no route"), "{response}");
     proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn outbound_accepts_absolute_form_targets_like_an_http_proxy() {
-    let (a, b, c) = (echo_server("a").await, echo_server("b").await, echo_server("c").await);
+    let (a, b, c) = (
+        echo_server("a").await,
+        echo_server("b").await,
+        echo_server("c").await,
+    );
     let proxy = start_proxy(&routing_config(a.addr, b.addr, c.addr)).await;
     let addr = proxy.listener_addr("out").unwrap();
 
@@ -145,7 +174,10 @@ async fn outbound_accepts_absolute_form_targets_like_an_http_proxy() {
     let echo: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(echo["server"], "c");
     assert_eq!(echo["uri"], "/v2/cart?id=7");
-    assert_eq!(echo["headers"]["host"], serde_json::json!(["api.shop.internal"]));
+    assert_eq!(
+        echo["headers"]["host"],
+        serde_json::json!(["api.shop.internal"])
+    );
 
     // And through a real, unmodified client told about the proxy only by HTTP_PROXY:
     // Python's urllib reads the variable and sends absolute-form requests.
@@ -162,7 +194,11 @@ async fn outbound_accepts_absolute_form_targets_like_an_http_proxy() {
         .await
         .expect("python3 is needed for this test");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let (status, body) = stdout.split_once('\n').unwrap();
     assert_eq!(status, "200");
     let echo: serde_json::Value = serde_json::from_str(body.trim()).unwrap();

@@ -25,7 +25,8 @@ fn channel_body() -> (mpsc::Sender<Result<Frame<Bytes>, BoxError>>, TestBody) {
 
 #[tokio::test]
 async fn response_chunks_reach_the_client_before_the_upstream_sends_the_last() {
-    for (client_protocol, upstream_protocol) in [("h1", "http1"), ("h2", "http2"), ("h1", "http2")] {
+    for (client_protocol, upstream_protocol) in [("h1", "http1"), ("h2", "http2"), ("h1", "http2")]
+    {
         let release = Gate::default();
         let gate = release.clone();
         let upstream = serve(move |_req| {
@@ -33,10 +34,14 @@ async fn response_chunks_reach_the_client_before_the_upstream_sends_the_last() {
             async move {
                 let (tx, body) = channel_body();
                 tokio::spawn(async move {
-                    tx.send(Ok(Frame::data(Bytes::from_static(b"first chunk")))).await.unwrap();
+                    tx.send(Ok(Frame::data(Bytes::from_static(b"first chunk"))))
+                        .await
+                        .unwrap();
                     // The last chunk only after the client has seen the first.
                     gate.notified().await;
-                    tx.send(Ok(Frame::data(Bytes::from_static(b"last chunk")))).await.unwrap();
+                    tx.send(Ok(Frame::data(Bytes::from_static(b"last chunk"))))
+                        .await
+                        .unwrap();
                 });
                 Response::new(body)
             }
@@ -44,8 +49,15 @@ async fn response_chunks_reach_the_client_before_the_upstream_sends_the_last() {
         .await;
         let proxy = start_proxy(&simple_config("inbound", upstream.addr, upstream_protocol)).await;
         let addr = proxy.listener_addr("main").unwrap();
-        let client = if client_protocol == "h2" { http2_client() } else { http1_client() };
-        let response = get(&client, format!("http://{addr}/stream")).await;
+        let client = if client_protocol == "h2" {
+            http2_client()
+        } else {
+            http1_client()
+        };
+        let response =
+            tokio::time::timeout(DEADLINE, get(&client, format!("http://{addr}/stream")))
+                .await
+                .expect("response headers not streamed through");
         assert_eq!(response.status(), 200);
         let mut body = response.into_body();
         let first = tokio::time::timeout(DEADLINE, body.frame())
@@ -55,7 +67,10 @@ async fn response_chunks_reach_the_client_before_the_upstream_sends_the_last() {
             .unwrap();
         assert_eq!(first.into_data().unwrap(), "first chunk");
         release.notify_one();
-        let rest = tokio::time::timeout(DEADLINE, body.collect()).await.unwrap().unwrap();
+        let rest = tokio::time::timeout(DEADLINE, body.collect())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(rest.to_bytes(), "last chunk");
         proxy.shutdown().await;
     }
@@ -80,19 +95,33 @@ async fn request_chunks_reach_the_upstream_before_the_client_sends_the_last() {
         .await;
         let proxy = start_proxy(&simple_config("outbound", upstream.addr, upstream_protocol)).await;
         let addr = proxy.listener_addr("main").unwrap();
-        let client = if client_protocol == "h2" { http2_client() } else { http1_client() };
+        let client = if client_protocol == "h2" {
+            http2_client()
+        } else {
+            http1_client()
+        };
         let (tx, body) = channel_body();
-        let request = Request::post(format!("http://{addr}/upload")).body(body).unwrap();
+        let request = Request::post(format!("http://{addr}/upload"))
+            .body(body)
+            .unwrap();
         let pending = tokio::spawn(async move { client.request(request).await });
-        tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; 1000])))).await.unwrap();
+        tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; 1000]))))
+            .await
+            .unwrap();
         let first = tokio::time::timeout(DEADLINE, seen_rx)
             .await
             .expect("first request chunk not streamed through")
             .unwrap();
         assert_eq!(first.len(), 1000);
-        tx.send(Ok(Frame::data(Bytes::from(vec![b'y'; 500])))).await.unwrap();
+        tx.send(Ok(Frame::data(Bytes::from(vec![b'y'; 500]))))
+            .await
+            .unwrap();
         drop(tx);
-        let response = pending.await.unwrap().unwrap();
+        let response = tokio::time::timeout(DEADLINE, pending)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(body_string(response).await, "1000 + 500");
         proxy.shutdown().await;
     }

@@ -33,8 +33,13 @@ async fn websocket_echo_through_the_proxy() {
         .unwrap();
     assert_eq!(response.status(), 101);
 
-    ws.send(Message::text("hello through hoptrace")).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello through hoptrace"));
+    ws.send(Message::text("hello through hoptrace"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("hello through hoptrace")
+    );
     let blob: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     ws.send(Message::binary(blob.clone())).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(blob));

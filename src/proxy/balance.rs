@@ -39,7 +39,6 @@ pub struct Balancer {
     next: AtomicUsize,
 }
 
-
 impl EndpointState {
     pub fn new(endpoint: Endpoint, authority: http::uri::Authority) -> Self {
         EndpointState {
@@ -85,7 +84,6 @@ impl EndpointState {
         self.outstanding.load(Ordering::Relaxed)
     }
 }
-
 
 impl Balancer {
     pub fn new(policy: Balance, endpoints: Vec<EndpointState>) -> Self {

@@ -113,10 +113,7 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        headers.insert(
-            "x-hoptrace-error",
-            HeaderValue::from_static(self.kind()),
-        );
+        headers.insert("x-hoptrace-error", HeaderValue::from_static(self.kind()));
         response
     }
 }

@@ -86,11 +86,9 @@ async fn forward(
     let in_flight = InFlight::pick(&upstream).ok_or_else(|| ProxyError::NoEndpoint {
         upstream: upstream.name.clone(),
     })?;
-    let endpoint = in_flight
-        .endpoint()
-        .ok_or_else(|| ProxyError::NoEndpoint {
-            upstream: upstream.name.clone(),
-        })?;
+    let endpoint = in_flight.endpoint().ok_or_else(|| ProxyError::NoEndpoint {
+        upstream: upstream.name.clone(),
+    })?;
 
     // Send to the chosen endpoint: the URI's authority selects the client's pool.
     let path = req

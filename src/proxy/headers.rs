@@ -97,7 +97,7 @@ pub fn add_forwarded(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -143,8 +143,16 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends_and_proto_host_are_kept_from_first_hop() {
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https")]);
-        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), "http", Some(HeaderValue::from_static("shop.example")));
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        add_forwarded(
+            &mut h,
+            "10.0.0.1".parse().unwrap(),
+            "http",
+            Some(HeaderValue::from_static("shop.example")),
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "shop.example");

@@ -94,7 +94,10 @@ pub async fn serve(
     drop(listener);
     let open = graceful.count();
     info!(listener = %ctx.name, open_connections = open, "stopped accepting; draining");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!(listener = %ctx.name, ?grace, "grace period over; closing remaining connections");
     }
 }

@@ -172,8 +172,8 @@ mod tests {
         }
     }
 
-    fn find<'t>(
-        table: &'t RouteTable<&'static str>,
+    fn find(
+        table: &RouteTable<&'static str>,
         host: Option<&str>,
         method: Method,
         path: &str,
@@ -204,7 +204,10 @@ mod tests {
         assert_eq!(find(&t, None, Method::GET, "/apix", &h), Some("root"));
         assert_eq!(find(&t, None, Method::GET, "/api/v2/pay", &h), Some("v2"));
         assert_eq!(find(&t, None, Method::GET, "/api/v20", &h), Some("api"));
-        assert_eq!(find(&t, None, Method::GET, "/static/a.css", &h), Some("static"));
+        assert_eq!(
+            find(&t, None, Method::GET, "/static/a.css", &h),
+            Some("static")
+        );
         assert_eq!(find(&t, None, Method::GET, "/static", &h), Some("root"));
     }
 
@@ -217,14 +220,35 @@ mod tests {
             (spec(3, Some("api.example.com"), "/"), "exact"),
         ]);
         let h = HeaderMap::new();
-        assert_eq!(find(&t, Some("api.example.com"), Method::GET, "/", &h), Some("exact"));
-        assert_eq!(find(&t, Some("API.Example.COM."), Method::GET, "/", &h), Some("exact"));
-        assert_eq!(find(&t, Some("www.example.com"), Method::GET, "/", &h), Some("wild"));
-        assert_eq!(find(&t, Some("a.b.example.com"), Method::GET, "/", &h), Some("wild"));
-        assert_eq!(find(&t, Some("x.eu.example.com"), Method::GET, "/", &h), Some("wild-eu"));
+        assert_eq!(
+            find(&t, Some("api.example.com"), Method::GET, "/", &h),
+            Some("exact")
+        );
+        assert_eq!(
+            find(&t, Some("API.Example.COM."), Method::GET, "/", &h),
+            Some("exact")
+        );
+        assert_eq!(
+            find(&t, Some("www.example.com"), Method::GET, "/", &h),
+            Some("wild")
+        );
+        assert_eq!(
+            find(&t, Some("a.b.example.com"), Method::GET, "/", &h),
+            Some("wild")
+        );
+        assert_eq!(
+            find(&t, Some("x.eu.example.com"), Method::GET, "/", &h),
+            Some("wild-eu")
+        );
         // The wildcard needs a label before the suffix.
-        assert_eq!(find(&t, Some("example.com"), Method::GET, "/", &h), Some("any"));
-        assert_eq!(find(&t, Some("other.org"), Method::GET, "/", &h), Some("any"));
+        assert_eq!(
+            find(&t, Some("example.com"), Method::GET, "/", &h),
+            Some("any")
+        );
+        assert_eq!(
+            find(&t, Some("other.org"), Method::GET, "/", &h),
+            Some("any")
+        );
         assert_eq!(find(&t, None, Method::GET, "/", &h), Some("any"));
     }
 
@@ -235,8 +259,14 @@ mod tests {
             (spec(1, Some("api.example.com"), "/"), "api"),
         ]);
         let h = HeaderMap::new();
-        assert_eq!(find(&t, Some("api.example.com"), Method::GET, "/admin", &h), Some("api"));
-        assert_eq!(find(&t, Some("x.org"), Method::GET, "/admin", &h), Some("admin"));
+        assert_eq!(
+            find(&t, Some("api.example.com"), Method::GET, "/admin", &h),
+            Some("api")
+        );
+        assert_eq!(
+            find(&t, Some("x.org"), Method::GET, "/admin", &h),
+            Some("admin")
+        );
     }
 
     #[test]
@@ -248,7 +278,11 @@ mod tests {
             HeaderName::from_static("x-canary"),
             HeaderValue::from_static("1"),
         )];
-        let t = RouteTable::new([(post, "write"), (canary, "canary"), (spec(2, None, "/"), "default")]);
+        let t = RouteTable::new([
+            (post, "write"),
+            (canary, "canary"),
+            (spec(2, None, "/"), "default"),
+        ]);
         let mut h = HeaderMap::new();
         assert_eq!(find(&t, None, Method::POST, "/x", &h), Some("write"));
         assert_eq!(find(&t, None, Method::GET, "/x", &h), Some("default"));
@@ -260,7 +294,10 @@ mod tests {
 
     #[test]
     fn no_match_is_none_and_ties_keep_file_order() {
-        let t = RouteTable::new([(spec(0, None, "/a"), "first"), (spec(1, None, "/a"), "second")]);
+        let t = RouteTable::new([
+            (spec(0, None, "/a"), "first"),
+            (spec(1, None, "/a"), "second"),
+        ]);
         let h = HeaderMap::new();
         assert_eq!(find(&t, None, Method::GET, "/a", &h), Some("first"));
         assert_eq!(find(&t, None, Method::GET, "/b", &h), None);

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Sets up what the tests need and runs the whole test suite.
+# Works on a fresh Debian machine with only the Rust toolchain (run as root, or with sudo
+# available, when packages are missing).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# The tests drive real peers: python3 (its urllib is an unmodified HTTP_PROXY client).
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}"
+fi
+
+cargo test --all-targets "$@"

@@ -1,0 +1,359 @@
+//! The `hoptrace` binary itself: `check`, `--help`/`--version`, graceful shutdown on
+//! SIGTERM, the second signal, and constant memory while gigabytes stream through.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hoptrace");
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A `hoptrace run` process on a temporary config, with its bound addresses read from its
+/// JSON log lines.
+struct Proxy {
+    child: Child,
+    listeners: HashMap<String, SocketAddr>,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    fn spawn(config: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel::<serde_json::Value>();
+        // Keeps draining stderr for the process's life so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let _ = tx.send(event);
+                }
+            }
+        });
+        let mut listeners = HashMap::new();
+        let mut admin = None;
+        loop {
+            let event = rx
+                .recv_timeout(DEADLINE)
+                .expect("hoptrace did not report its listeners");
+            let addr = || {
+                event["addr"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<SocketAddr>()
+                    .unwrap()
+            };
+            match event["message"].as_str() {
+                Some("listening") => {
+                    listeners.insert(event["listener"].as_str().unwrap().to_string(), addr());
+                }
+                Some("admin listening") => admin = Some(addr()),
+                Some("hoptrace started") => break,
+                _ => {}
+            }
+        }
+        Proxy {
+            child,
+            listeners,
+            admin: admin.unwrap(),
+            _dir: dir,
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Waits for the process to exit, returning its exit code (or 128+signal).
+    async fn exit_code(&mut self) -> i32 {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                use std::os::unix::process::ExitStatusExt;
+                return status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            }
+            assert!(start.elapsed() < DEADLINE, "hoptrace did not exit");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Peak resident memory of the process, from /proc (VmHWM), in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(upstream: SocketAddr, grace: &str) -> String {
+    format!(
+        r#"
+[service]
+name = "binary-test"
+[admin]
+bind = "127.0.0.1:0"
+[shutdown]
+grace = "{grace}"
+[[listeners]]
+name = "main"
+bind = "127.0.0.1:0"
+role = "inbound"
+[[routes]]
+listener = "main"
+upstream = "app"
+[upstreams.app]
+endpoints = ["{upstream}"]
+"#
+    )
+}
+
+#[test]
+fn check_accepts_the_example_and_rejects_each_invalid_fixture() {
+    let output = Command::new(BIN)
+        .args(["check", "--config", "config.example.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("config.example.toml: ok"));
+
+    let mut checked = 0;
+    for entry in std::fs::read_dir("tests/fixtures/invalid").unwrap() {
+        let path = entry.unwrap().path();
+        let expected: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: ").map(str::to_string))
+            .collect();
+        assert!(
+            !expected.is_empty(),
+            "{} has no '# expect:' line",
+            path.display()
+        );
+        let output = Command::new(BIN)
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{}", path.display());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for line in expected {
+            assert!(
+                stderr.contains(&line),
+                "{}: missing {line:?} in:\n{stderr}",
+                path.display()
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} fixtures");
+
+    let output = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/hoptrace.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("cannot read config file /nonexistent/hoptrace.toml")
+    );
+}
+
+#[test]
+fn help_and_version_explain_themselves() {
+    let output = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for word in ["run", "check", "RUST_LOG", "--log-format"] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+    let output = Command::new(BIN).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("--config") && help.contains("grace"),
+        "{help}"
+    );
+    let output = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("hoptrace {}", env!("CARGO_PKG_VERSION"))
+    );
+    // A bad command line is exit code 2, with usage.
+    let output = Command::new(BIN).arg("serve").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+/// An upstream that signals when a request arrives and answers only when the gate opens.
+async fn gated_upstream() -> (TestServer, Gate, Gate) {
+    let (arrived, release) = (Gate::default(), Gate::default());
+    let (a, r) = (arrived.clone(), release.clone());
+    let server = serve(move |_req| {
+        let (arrived, release) = (a.clone(), r.clone());
+        async move {
+            arrived.notify_one();
+            release.notified().await;
+            text(200, "finished after SIGTERM")
+        }
+    })
+    .await;
+    (server, arrived, release)
+}
+
+async fn refuses_connections(addr: SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_err()
+}
+
+async fn admin_status(admin: SocketAddr, path: &str) -> Option<u16> {
+    let client = http1_client();
+    let response = client
+        .request(
+            Request::get(format!("http://{admin}{path}"))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .ok()?;
+    Some(response.status().as_u16())
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
+    let (upstream, arrived, release) = gated_upstream().await;
+    let mut proxy = Proxy::spawn(&config(upstream.addr, "30s"));
+    let addr = proxy.listeners["main"];
+    assert_eq!(admin_status(proxy.admin, "/ready").await, Some(200));
+    assert_eq!(admin_status(proxy.admin, "/live").await, Some(200));
+
+    let in_flight =
+        tokio::spawn(async move { get(&http1_client(), format!("http://{addr}/work")).await });
+    arrived.notified().await;
+    proxy.signal(libc::SIGTERM);
+    // The signal took effect: new connections are refused, readiness is withdrawn.
+    wait_until("listener closed", DEADLINE, || refuses_connections(addr)).await;
+    assert_eq!(admin_status(proxy.admin, "/ready").await, Some(503));
+    release.notify_one();
+
+    let response = in_flight.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_string(response).await, "finished after SIGTERM");
+    assert_eq!(proxy.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let (upstream, arrived, _release) = gated_upstream().await;
+    let mut proxy = Proxy::spawn(&config(upstream.addr, "1h"));
+    let addr = proxy.listeners["main"];
+    // This request never completes: the process exits under it.
+    let _in_flight = tokio::spawn(async move {
+        let request = Request::get(format!("http://{addr}/"))
+            .body(full(""))
+            .unwrap();
+        let _ = http1_client().request(request).await;
+    });
+    arrived.notified().await;
+    proxy.signal(libc::SIGTERM);
+    wait_until("listener closed", DEADLINE, || refuses_connections(addr)).await;
+    // Draining would wait an hour for the gated request; the second signal cuts it short.
+    proxy.signal(libc::SIGINT);
+    assert_eq!(proxy.exit_code().await, 130);
+}
+
+const GIB: u64 = 1 << 30;
+const CHUNK: usize = 256 * 1024;
+
+fn generated_body(total: u64) -> TestBody {
+    let chunk = Bytes::from(vec![b'z'; CHUNK]);
+    let stream = futures_util::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            (sent < total).then(|| {
+                let n = (total - sent).min(CHUNK as u64) as usize;
+                (
+                    Ok::<_, BoxError>(Frame::data(chunk.slice(..n))),
+                    sent + n as u64,
+                )
+            })
+        }
+    });
+    StreamBody::new(stream).boxed()
+}
+
+async fn count_bytes(
+    mut body: impl hyper::body::Body<Data = Bytes, Error: std::fmt::Debug> + Unpin,
+) -> u64 {
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            total += data.len() as u64;
+        }
+    }
+    total
+}
+
+#[tokio::test]
+async fn a_gigabyte_each_way_streams_in_constant_memory() {
+    let upstream = serve(|req: Request<hyper::body::Incoming>| async move {
+        if req.method() == http::Method::POST {
+            let received = count_bytes(req.into_body()).await;
+            http::Response::new(full(received.to_string()))
+        } else {
+            http::Response::new(generated_body(GIB))
+        }
+    })
+    .await;
+    let proxy = Proxy::spawn(&config(upstream.addr, "1s"));
+    let addr = proxy.listeners["main"];
+    let client = http1_client();
+
+    let upload = Request::post(format!("http://{addr}/upload"))
+        .body(generated_body(GIB))
+        .unwrap();
+    let response = client.request(upload).await.unwrap();
+    assert_eq!(body_string(response).await, GIB.to_string());
+
+    let response = get(&client, format!("http://{addr}/download")).await;
+    assert_eq!(count_bytes(response.into_body()).await, GIB);
+
+    // Buffering either body whole would need over 1 GiB; streaming needs a few buffers.
+    let peak = proxy.peak_rss();
+    assert!(peak < 64 << 20, "peak RSS {} MiB", peak >> 20);
+    eprintln!("hoptrace peak RSS after 2 GiB through: {} MiB", peak >> 20);
+}
