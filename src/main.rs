@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use hoptrace::config::{Config, LoadError};
+use hoptrace::config::Config;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
@@ -108,7 +108,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn run(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<ExitCode> {
     let config = match Config::load(path) {
         Ok(config) => config,
-        Err(err @ (LoadError::Io { .. } | LoadError::Invalid { .. })) => {
+        Err(err) => {
             eprintln!("{err}");
             return Ok(ExitCode::FAILURE);
         }
