@@ -4,6 +4,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod proxy;
+pub mod trace;
 
 /// Resolves once `stop` holds `true` (or its sender is gone). The guard `wait_for` returns is
 /// dropped here, so callers' futures stay `Send`.

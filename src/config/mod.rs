@@ -27,11 +27,16 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Upstreams by name; every route's `upstream` names one of them.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub tracing: TracingConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceConfig {
+    /// `service.name` of every span. `OTEL_SERVICE_NAME` overrides it.
     pub name: String,
+    /// Extra resource attributes, from `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k2=v2`, values
+    /// percent-decoded), in the order given.
+    pub resource_attributes: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -87,7 +92,133 @@ pub struct RouteConfig {
     /// Each header must be present with exactly this value. Names are lowercase.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub upstream: String,
+    /// `false` switches tracing off for this route (health checks): no span, no
+    /// `traceparent` rewrite. Default `true`.
+    pub tracing: bool,
+    /// Overrides `[tracing] sampling_ratio` for new traces starting on this route.
+    pub sampling_ratio: Option<f64>,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExporterKind {
+    /// OTLP over gRPC or HTTP/protobuf (`[tracing.otlp]`).
+    Otlp,
+    /// One JSON line per span on stdout, for local debugging.
+    Stdout,
+    /// Spans are recorded for headers and logs but not exported.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+/// A value that must not appear in logs or `Debug` output (API keys in OTLP headers).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"****\"")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TracingConfig {
+    pub exporter: ExporterKind,
+    /// Probability that a new trace (no sampled/unsampled parent) is sampled, 0.0-1.0.
+    pub sampling_ratio: f64,
+    /// When false, new traces are never sampled and parents are ignored for the decision
+    /// (`OTEL_TRACES_SAMPLER=always_off`); `parent_based` false means the ratio decides
+    /// even when a parent exists (`traceidratio`).
+    pub parent_based: bool,
+    /// Add the W3C level 2 `traceresponse` header to responses. Default true.
+    pub traceresponse: bool,
+    /// Also add the trace id alone in this response header (e.g. `x-trace-id`).
+    pub trace_id_header: Option<http::HeaderName>,
+    /// Request headers recorded as `http.request.header.<name>` (lowercase names).
+    pub capture_request_headers: Vec<http::HeaderName>,
+    /// Response headers recorded as `http.response.header.<name>`.
+    pub capture_response_headers: Vec<http::HeaderName>,
+    /// Query keys whose values are replaced by `REDACTED` in `url.query` / `url.full`
+    /// (lowercase; compared case-insensitively).
+    pub redact_query_keys: Vec<String>,
+    /// Spans waiting for export; when full, new spans are dropped and counted.
+    pub queue_size: usize,
+    /// Most spans per export request.
+    pub batch_size: usize,
+    /// Longest a span waits in a partial batch.
+    pub batch_delay: Duration,
+    pub otlp: OtlpConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtlpConfig {
+    pub protocol: OtlpProtocol,
+    /// Full URL spans are sent to: for gRPC e.g. `http://127.0.0.1:4317`, for HTTP e.g.
+    /// `http://127.0.0.1:4318/v1/traces`.
+    pub endpoint: http::Uri,
+    /// Extra request headers / gRPC metadata (API keys), lowercase names.
+    pub headers: Vec<(String, Secret)>,
+    pub compression: Compression,
+    /// Deadline for one export, retries included.
+    pub timeout: Duration,
+    /// PEM file of CA certificates to trust for an `https` endpoint (else the system roots).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl Default for TracingConfig {
+    /// The defaults of the OpenTelemetry SDK environment specification where one exists.
+    fn default() -> Self {
+        TracingConfig {
+            exporter: ExporterKind::Otlp,
+            sampling_ratio: 1.0,
+            parent_based: true,
+            traceresponse: true,
+            trace_id_header: None,
+            capture_request_headers: Vec::new(),
+            capture_response_headers: Vec::new(),
+            redact_query_keys: DEFAULT_REDACT_QUERY_KEYS
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
+            queue_size: 2048,
+            batch_size: 512,
+            batch_delay: Duration::from_secs(5),
+            otlp: OtlpConfig {
+                protocol: OtlpProtocol::Grpc,
+                endpoint: http::Uri::from_static("http://localhost:4317"),
+                headers: Vec::new(),
+                compression: Compression::None,
+                timeout: Duration::from_secs(10),
+                ca_file: None,
+            },
+        }
+    }
+}
+
+/// Query keys redacted by default (OpenTelemetry semantic conventions list these for
+/// `url.query` / `url.full`).
+pub const DEFAULT_REDACT_QUERY_KEYS: &[&str] = &[
+    "awsaccesskeyid",
+    "signature",
+    "sig",
+    "x-goog-signature",
+    "token",
+    "access_token",
+    "api_key",
+    "apikey",
+    "password",
+    "secret",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {

@@ -179,7 +179,10 @@ impl Check<'_> {
         let routes = self.routes(doc);
 
         Some(Config {
-            service: ServiceConfig { name: service? },
+            service: ServiceConfig {
+                name: service?,
+                resource_attributes: Vec::new(),
+            },
             admin: AdminConfig { bind: admin? },
             shutdown: ShutdownConfig { grace: shutdown? },
             listeners: listeners.into_iter().collect::<Option<_>>()?,
@@ -188,6 +191,7 @@ impl Check<'_> {
                 .into_iter()
                 .map(|(name, u)| Some((name, u?)))
                 .collect::<Option<_>>()?,
+            tracing: super::TracingConfig::default(),
         })
     }
 

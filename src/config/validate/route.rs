@@ -94,6 +94,8 @@ impl Check<'_> {
             methods: methods?,
             headers: headers?,
             upstream: upstream?,
+            tracing: true,
+            sampling_ratio: None,
         })
     }
 

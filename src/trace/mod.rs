@@ -1,0 +1,13 @@
+//! Trace context and span data: W3C `traceparent` / `tracestate` parsing and formatting
+//! (`context`), the sampling decision (`sampler`), and the plain-data `SpanRecord` the proxy
+//! fills in on the request path. Imports nothing else of hoptrace's.
+
+// No panics on the request path (STYLE rule 5).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+pub mod context;
