@@ -25,6 +25,8 @@ fn table(n: usize) -> RouteTable<usize> {
             path_prefix: format!("/api/v{}/items", i % 7),
             methods: vec![],
             headers: vec![],
+            tracing: true,
+            sampling_ratio: None,
         };
         (spec, i)
     }))

@@ -12,10 +12,13 @@ use tracing::info;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::export::{ExportTask, SpanSink};
 use crate::proxy::{self, ListenerCtx, Shared, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Exporter(#[from] crate::export::ExporterError),
     #[error("{what} {addr}: cannot bind: {source}")]
     Bind {
         what: String,
@@ -23,6 +26,9 @@ pub enum StartError {
         source: std::io::Error,
     },
 }
+
+/// The least time given to flushing spans at shutdown, even with `grace = "0s"`.
+const EXPORT_FLUSH_MIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A started hoptrace: every socket bound and served.
 #[derive(Debug)]
@@ -36,6 +42,8 @@ pub struct Running {
     /// Admin stops last, so `/ready` answers 503 while listeners drain.
     admin_stop: watch::Sender<bool>,
     admin_task: JoinHandle<()>,
+    sink: SpanSink,
+    export: ExportTask,
 }
 
 /// Binds every listener and the admin socket (all or none: the first failure is returned and
@@ -55,6 +63,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_socket = bind("admin".to_string(), config.admin.bind).await?;
     let admin_addr = admin_socket.local_addr().unwrap_or(config.admin.bind);
 
+    let (sink, export) = crate::export::spawn(&config)?;
     let shared: Arc<Shared> = Arc::new(ArcSwap::from_pointee(Snapshot::build(
         config.clone(),
         1,
@@ -73,6 +82,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             role: listener.role,
             index,
             shared: shared.clone(),
+            sink: sink.clone(),
         });
         let listener = listener.clone();
         let stop_rx = stop_rx.clone();
@@ -96,6 +106,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tasks,
         admin_stop,
         admin_task,
+        sink,
+        export,
     })
 }
 
@@ -116,6 +128,11 @@ impl Running {
         self.admin_addr
     }
 
+    /// The span sink (for its counters).
+    pub fn span_sink(&self) -> &SpanSink {
+        &self.sink
+    }
+
     /// The routing snapshot currently served.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.load_full()
@@ -129,6 +146,11 @@ impl Running {
         for task in self.tasks {
             let _ = task.await;
         }
+        // Every request has ended: flush the spans they produced.
+        let grace = self.shared.load().config.shutdown.grace;
+        self.export.shutdown(grace.max(EXPORT_FLUSH_MIN)).await;
+        let [started, exported, dropped, failed] = self.sink.stats().snapshot();
+        info!(started, exported, dropped, failed, "span export finished");
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
         info!("all listeners drained");

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod export;
 pub mod proxy;
 pub mod trace;
 

@@ -1,6 +1,6 @@
 //! The response body hoptrace sends: an upstream's body streamed through, or a short body
-//! of hoptrace's own (error responses). An enum rather than a boxed trait object, so the
-//! common path allocates nothing.
+//! of hoptrace's own (error responses), plus the hop's spans, which end with the body. An
+//! enum rather than a boxed trait object, so the common path allocates nothing.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,10 +9,18 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::hop::{Outcome, SpanFinish};
 use super::upstream::InFlight;
 
 #[derive(Debug)]
-pub enum ResponseBody {
+pub struct ResponseBody {
+    inner: Inner,
+    /// Finished when the body ends, fails, or is dropped early (client gone).
+    spans: Option<Box<SpanFinish>>,
+}
+
+#[derive(Debug)]
+enum Inner {
     /// Streamed from the upstream, frame by frame, as it arrives.
     Upstream {
         body: Incoming,
@@ -24,12 +32,53 @@ pub enum ResponseBody {
 }
 
 impl ResponseBody {
+    pub fn upstream(body: Incoming, in_flight: InFlight) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Upstream {
+                body,
+                _in_flight: in_flight,
+            },
+            spans: None,
+        }
+    }
+
     pub fn text(text: &'static str) -> ResponseBody {
-        ResponseBody::Local(Some(Bytes::from_static(text.as_bytes())))
+        ResponseBody {
+            inner: Inner::Local(Some(Bytes::from_static(text.as_bytes()))),
+            spans: None,
+        }
     }
 
     pub fn empty() -> ResponseBody {
-        ResponseBody::Local(None)
+        ResponseBody {
+            inner: Inner::Local(None),
+            spans: None,
+        }
+    }
+
+    /// The spans end when this body does.
+    pub fn finish_spans_with(&mut self, spans: SpanFinish) {
+        self.spans = Some(Box::new(spans));
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(spans) = self.spans.take() {
+            spans.finish(outcome);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if self.spans.is_some() {
+            // hyper drops a body it never needed to poll (empty, HEAD): that is complete.
+            let outcome = if self.is_end_stream() {
+                Outcome::Complete
+            } else {
+                Outcome::ClientGone
+            };
+            self.finish(outcome);
+        }
     }
 }
 
@@ -41,25 +90,33 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ResponseBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
-            ResponseBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Inner::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        match &polled {
+            Poll::Ready(None) => this.finish(Outcome::Complete),
+            Poll::Ready(Some(Err(_))) => this.finish(Outcome::UpstreamFailed),
+            // The last frame: end the spans before handing it over, so that whoever
+            // receives it (a parent hop) can only end after this hop did.
+            Poll::Ready(Some(Ok(_))) if this.is_end_stream() => this.finish(Outcome::Complete),
+            _ => {}
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Upstream { body, .. } => body.is_end_stream(),
-            ResponseBody::Local(data) => data.is_none(),
+        match &self.inner {
+            Inner::Upstream { body, .. } => body.is_end_stream(),
+            Inner::Local(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Upstream { body, .. } => body.size_hint(),
-            ResponseBody::Local(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+        match &self.inner {
+            Inner::Upstream { body, .. } => body.size_hint(),
+            Inner::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

@@ -1,9 +1,9 @@
-//! One request through the proxy: route, rewrite, forward over a pooled connection, stream
-//! the response back. Failures are turned into responses by `ProxyError`, here, once.
+//! One request through the proxy: route, trace, rewrite, forward over a pooled connection,
+//! stream the response back. Failures are turned into responses by `ProxyError`, here, once.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
@@ -15,55 +15,25 @@ use tracing::{debug, info, warn};
 use super::body::ResponseBody;
 use super::error::{ProxyError, is_timeout};
 use super::headers::{add_forwarded, is_upgrade_request, remove_hop_by_hop};
+use super::hop::Hop;
 use super::listener::{ConnInfo, ListenerCtx};
 use super::route::{RequestInfo, host_without_port};
-use super::snapshot::Snapshot;
 use super::upstream::{InFlight, Upstream};
 
 /// hyper's service entry point. Never fails: every error becomes a response.
 pub async fn handle(
     ctx: Arc<ListenerCtx>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let wall = SystemTime::now();
     // Own the snapshot for the whole request (never hold an ArcSwap guard across .await).
     let snapshot = ctx.shared.load_full();
-    let method = req.method().clone();
-    match forward(&ctx, conn, &snapshot, req).await {
-        Ok(response) => Ok(response),
-        Err(err) => {
-            match &err {
-                ProxyError::NoRoute | ProxyError::ConnectMethod | ProxyError::BadTarget(_) => {
-                    info!(listener = %ctx.name, client = %conn.remote, %method, error = %err, "request rejected")
-                }
-                _ => {
-                    warn!(listener = %ctx.name, client = %conn.remote, %method, error = %err, "request failed")
-                }
-            }
-            Ok(err.to_response())
-        }
-    }
-}
-
-async fn forward(
-    ctx: &ListenerCtx,
-    conn: ConnInfo,
-    snapshot: &Snapshot,
-    mut req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    if req.method() == Method::CONNECT {
-        return Err(ProxyError::ConnectMethod);
-    }
-    // RFC 9112 §3.2.2: with an absolute-form target (a request sent to us as an HTTP proxy)
-    // or an HTTP/2 `:authority`, the target's authority is the host and replaces `Host`.
-    if let Some(authority) = req.uri().authority() {
-        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
-            req.headers_mut().insert(header::HOST, value);
-        }
-    }
+    normalize_host(&mut req);
     let host_header = req.headers().get(header::HOST).cloned();
-    let upstream = {
-        let info = RequestInfo {
+    let route = snapshot.tables.get(ctx.index).and_then(|table| {
+        table.find(&RequestInfo {
             host: host_header
                 .as_ref()
                 .and_then(|h| h.to_str().ok())
@@ -71,12 +41,75 @@ async fn forward(
             path: req.uri().path(),
             method: req.method(),
             headers: req.headers(),
-        };
-        let table = snapshot.tables.get(ctx.index).ok_or(ProxyError::NoRoute)?;
-        let route = table.find(&info).ok_or(ProxyError::NoRoute)?;
-        route.target.clone()
+        })
+    });
+    let mut hop = Hop::start(
+        ctx.role,
+        &ctx.sink,
+        &snapshot,
+        route.map(|r| (&r.template, r.tracing, r.sampling_ratio)),
+        &req,
+        conn,
+        started,
+        wall,
+    );
+    let method = req.method().clone();
+    let result = match route {
+        _ if req.method() == Method::CONNECT => Err(ProxyError::ConnectMethod),
+        None => Err(ProxyError::NoRoute),
+        Some(route) => {
+            if let Some(hop) = &hop {
+                hop.inject(req.headers_mut());
+            }
+            let upstream = route.target.clone();
+            forward(conn, upstream, host_header, req, hop.as_mut()).await
+        }
     };
+    let mut response = match result {
+        Ok(response) => response,
+        Err(err) => {
+            let trace_id = hop.as_ref().map(|h| h.trace_id().to_string());
+            let trace_id = trace_id.as_deref().unwrap_or("");
+            match &err {
+                ProxyError::NoRoute | ProxyError::ConnectMethod | ProxyError::BadTarget(_) => {
+                    info!(listener = %ctx.name, client = %conn.remote, %method, trace_id, error = %err, "request rejected")
+                }
+                _ => {
+                    warn!(listener = %ctx.name, client = %conn.remote, %method, trace_id, error = %err, "request failed")
+                }
+            }
+            if let Some(hop) = hop.as_mut() {
+                hop.failed(&err);
+            }
+            err.to_response()
+        }
+    };
+    if let Some(mut hop) = hop {
+        hop.respond(&mut response);
+        if let Some(spans) = hop.into_finish() {
+            response.body_mut().finish_spans_with(spans);
+        }
+    }
+    Ok(response)
+}
 
+/// RFC 9112 §3.2.2: with an absolute-form target (a request sent to us as an HTTP proxy) or
+/// an HTTP/2 `:authority`, the target's authority is the host and replaces `Host`.
+fn normalize_host(req: &mut Request<Incoming>) {
+    if let Some(authority) = req.uri().authority() {
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, value);
+        }
+    }
+}
+
+async fn forward(
+    conn: ConnInfo,
+    upstream: Arc<Upstream>,
+    host_header: Option<HeaderValue>,
+    mut req: Request<Incoming>,
+    mut hop: Option<&mut Hop>,
+) -> Result<Response<ResponseBody>, ProxyError> {
     // A protocol switch (WebSocket) is relayed as a byte stream once both sides agree.
     let client_upgrade = (req.version() == Version::HTTP_11 && is_upgrade_request(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
@@ -104,6 +137,9 @@ async fn forward(
         .map_err(ProxyError::BadTarget)?;
     let client_version = req.version();
     *req.version_mut() = upstream.version();
+    if let Some(hop) = hop.as_deref_mut() {
+        hop.attempt(&endpoint.authority, &mut req);
+    }
 
     let started = Instant::now();
     let timeout = upstream.config.request_timeout;
@@ -120,6 +156,9 @@ async fn forward(
         Ok(Ok(response)) => response,
     };
     endpoint.record_success(started.elapsed());
+    if let Some(hop) = hop {
+        hop.attempt_response(response.status().as_u16());
+    }
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -136,10 +175,7 @@ async fn forward(
     parts.version = client_version;
     Ok(Response::from_parts(
         parts,
-        ResponseBody::Upstream {
-            body,
-            _in_flight: in_flight,
-        },
+        ResponseBody::upstream(body, in_flight),
     ))
 }
 

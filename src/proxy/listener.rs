@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::forward;
 use super::snapshot::Shared;
 use crate::config::{ListenerConfig, Role};
+use crate::export::SpanSink;
 
 /// What every request of a listener shares.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub struct ListenerCtx {
     /// Position in `Config::listeners`, which is also its route table's index.
     pub index: usize,
     pub shared: Arc<Shared>,
+    /// Where finished spans go.
+    pub sink: SpanSink,
 }
 
 /// The connection a request arrived on.

@@ -19,9 +19,11 @@
 
 mod balance;
 mod body;
+mod connector;
 mod error;
 mod forward;
 mod headers;
+mod hop;
 mod listener;
 pub mod route;
 mod snapshot;

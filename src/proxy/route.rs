@@ -24,6 +24,10 @@ pub struct Route<T> {
     path_prefix: Box<str>,
     methods: Box<[Method]>,
     headers: Box<[(HeaderName, HeaderValue)]>,
+    /// `false`: no span, `traceparent` passed through untouched.
+    pub tracing: bool,
+    /// Overrides the global sampling ratio for new traces on this route.
+    pub sampling_ratio: Option<f64>,
     pub target: T,
 }
 
@@ -35,6 +39,8 @@ pub struct RouteSpec {
     pub path_prefix: String,
     pub methods: Vec<Method>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub tracing: bool,
+    pub sampling_ratio: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -62,6 +68,8 @@ impl<T> RouteTable<T> {
                 path_prefix: spec.path_prefix.into_boxed_str(),
                 methods: spec.methods.into_boxed_slice(),
                 headers: spec.headers.into_boxed_slice(),
+                tracing: spec.tracing,
+                sampling_ratio: spec.sampling_ratio,
                 target,
             })
             .collect();
@@ -169,6 +177,8 @@ mod tests {
             path_prefix: prefix.to_string(),
             methods: vec![],
             headers: vec![],
+            tracing: true,
+            sampling_ratio: None,
         }
     }
 

@@ -19,6 +19,8 @@ pub struct Snapshot {
     /// Route tables indexed like `config.listeners` (the listener set is static).
     pub tables: Box<[RouteTable<Arc<Upstream>>]>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// `[tracing] redact_query_keys`, shared by every span of this snapshot.
+    pub redact_query_keys: Arc<[String]>,
 }
 
 /// The current snapshot, shared by every listener.
@@ -60,6 +62,8 @@ impl Snapshot {
                                 path_prefix: r.path_prefix.clone(),
                                 methods: r.methods.clone(),
                                 headers: r.headers.clone(),
+                                tracing: r.tracing,
+                                sampling_ratio: r.sampling_ratio,
                             };
                             Some((spec, upstream))
                         }),
@@ -68,6 +72,7 @@ impl Snapshot {
             .collect();
         Snapshot {
             generation,
+            redact_query_keys: config.tracing.redact_query_keys.clone().into(),
             config,
             tables,
             upstreams,

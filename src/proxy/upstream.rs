@@ -10,12 +10,14 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+
+use super::connector::TaggingConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balance::{Balancer, EndpointState};
 use crate::config::{Protocol, UpstreamConfig};
 
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<TaggingConnector, Incoming>;
 
 #[derive(Debug)]
 pub struct Upstream {
@@ -37,7 +39,7 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(config.protocol == Protocol::Http2)
-            .build(connector);
+            .build(TaggingConnector::new(connector));
         let endpoints = config
             .endpoints
             .iter()

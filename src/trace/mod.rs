@@ -11,3 +11,5 @@
 )]
 
 pub mod context;
+pub mod sampler;
+pub mod span;

@@ -1,0 +1,184 @@
+//! The export task: collects spans from the queue into batches, sends a batch when it holds
+//! `batch_size` spans or when `batch_delay` has passed, and on shutdown drains the queue
+//! within a deadline. Exports run one at a time (the OpenTelemetry exporter contract).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use super::{ExportStats, ExporterError, SpanSink, convert, otlp, stdout};
+use crate::config::{Config, ExporterKind};
+use crate::trace::span::SpanRecord;
+
+enum Backend {
+    Otlp(opentelemetry_otlp::SpanExporter),
+    Stdout,
+}
+
+/// The running export task. Dropping it leaves the task running until every sink is gone.
+#[derive(Debug)]
+pub struct ExportTask {
+    flush: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// The OpenTelemetry resource of this process: `service.name` (config, overridden by
+/// `OTEL_SERVICE_NAME` when loaded from a file), `service.instance.id` (random per process),
+/// `host.name`, and `OTEL_RESOURCE_ATTRIBUTES`.
+pub fn resource(config: &Config) -> Resource {
+    let instance = format!("{:032x}", fastrand::u128(..));
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let mut attributes = vec![
+        KeyValue::new("service.instance.id", instance),
+        KeyValue::new("host.name", host),
+    ];
+    attributes.extend(
+        config
+            .service
+            .resource_attributes
+            .iter()
+            .filter(|(k, _)| k != "service.name")
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+    );
+    Resource::builder_empty()
+        .with_service_name(config.service.name.clone())
+        .with_attributes(attributes)
+        .build()
+}
+
+/// Starts the export task for `config.tracing`. Must run inside a tokio runtime.
+pub fn spawn(config: &Config) -> Result<(SpanSink, ExportTask), ExporterError> {
+    let tracing = &config.tracing;
+    let backend = match tracing.exporter {
+        ExporterKind::None => {
+            return Ok((
+                SpanSink::disabled(),
+                ExportTask {
+                    flush: None,
+                    task: None,
+                },
+            ));
+        }
+        ExporterKind::Stdout => Backend::Stdout,
+        ExporterKind::Otlp => Backend::Otlp(otlp::build(&tracing.otlp, &resource(config))?),
+    };
+    let (tx, rx) = mpsc::channel(tracing.queue_size.max(1));
+    let stats = Arc::new(ExportStats::default());
+    let (flush, flush_rx) = oneshot::channel();
+    let task = tokio::spawn(run(
+        rx,
+        flush_rx,
+        backend,
+        tracing.batch_size.max(1),
+        tracing.batch_delay,
+        stats.clone(),
+    ));
+    let sink = SpanSink {
+        tx: Some(tx),
+        stats,
+    };
+    Ok((
+        sink,
+        ExportTask {
+            flush: Some(flush),
+            task: Some(task),
+        },
+    ))
+}
+
+impl ExportTask {
+    /// Exports what is queued, waiting at most `deadline`; spans still queued then are lost
+    /// (and counted as dropped).
+    pub async fn shutdown(mut self, deadline: Duration) {
+        if let Some(flush) = self.flush.take() {
+            let _ = flush.send(());
+        }
+        if let Some(task) = self.task.take() {
+            if tokio::time::timeout(deadline, task).await.is_err() {
+                warn!(
+                    ?deadline,
+                    "span export did not finish before the shutdown deadline"
+                );
+            }
+        }
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<SpanRecord>,
+    mut flush: oneshot::Receiver<()>,
+    backend: Backend,
+    batch_size: usize,
+    batch_delay: Duration,
+    stats: Arc<ExportStats>,
+) {
+    let scope = convert::scope();
+    let mut batch: Vec<SpanData> = Vec::with_capacity(batch_size);
+    let mut tick = tokio::time::interval(batch_delay);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            span = rx.recv() => match span {
+                Some(span) => {
+                    batch.push(convert::to_span_data(&span, &scope));
+                    if batch.len() >= batch_size {
+                        export(&backend, &mut batch, &stats).await;
+                    }
+                }
+                // Every sink is gone: nothing more can arrive.
+                None => break,
+            },
+            _ = tick.tick() => {
+                if !batch.is_empty() {
+                    export(&backend, &mut batch, &stats).await;
+                }
+            }
+            _ = &mut flush => {
+                // Shutdown: take what is queued now, export it, stop.
+                rx.close();
+                while let Ok(span) = rx.try_recv() {
+                    batch.push(convert::to_span_data(&span, &scope));
+                    if batch.len() >= batch_size {
+                        export(&backend, &mut batch, &stats).await;
+                    }
+                }
+                break;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        export(&backend, &mut batch, &stats).await;
+    }
+    if let Backend::Otlp(exporter) = &backend {
+        let _ = exporter.shutdown();
+    }
+    debug!("span export stopped");
+}
+
+async fn export(backend: &Backend, batch: &mut Vec<SpanData>, stats: &ExportStats) {
+    let spans = std::mem::take(batch);
+    let count = spans.len() as u64;
+    let result = match backend {
+        Backend::Otlp(exporter) => exporter.export(spans).await.map_err(|e| e.to_string()),
+        Backend::Stdout => stdout::write(&spans).map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => {
+            stats.exported.fetch_add(count, Ordering::Relaxed);
+        }
+        Err(err) => {
+            let failed = stats.failed.fetch_add(count, Ordering::Relaxed) + count;
+            warn!(spans = count, failed_total = failed, error = %err, "span export failed; spans lost");
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! `SpanRecord` → OpenTelemetry `SpanData`, following the stable HTTP semantic conventions.
+//! Runs in the export task, never on the request path.
+
+use std::borrow::Cow;
+
+use opentelemetry::trace::{
+    SpanContext, SpanId as OtelSpanId, SpanKind as OtelKind, Status, TraceFlags as OtelFlags,
+    TraceId as OtelTraceId, TraceState as OtelTraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+
+use crate::trace::span::{SpanKind, SpanRecord};
+
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("hoptrace")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+pub fn to_span_data(span: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
+    let trace_state = span
+        .tracestate
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<OtelTraceState>().ok())
+        .unwrap_or_default();
+    let span_context = SpanContext::new(
+        OtelTraceId::from_bytes(span.trace_id.0),
+        OtelSpanId::from_bytes(span.span_id.0),
+        OtelFlags::new(span.flags.0),
+        false,
+        trace_state,
+    );
+    let mut events = SpanEvents::default();
+    if let Some(conn) = span.connection {
+        events.events.push(opentelemetry::trace::Event::new(
+            "connection acquired",
+            span.start + conn.at,
+            vec![KeyValue::new(
+                "hoptrace.connection",
+                if conn.reused { "reused" } else { "new" },
+            )],
+            0,
+        ));
+    }
+    if let Some(at) = span.first_byte {
+        events.events.push(opentelemetry::trace::Event::new(
+            "response headers received",
+            span.start + at,
+            Vec::new(),
+            0,
+        ));
+    }
+    SpanData {
+        span_context,
+        parent_span_id: span
+            .parent_span_id
+            .map_or(OtelSpanId::INVALID, |id| OtelSpanId::from_bytes(id.0)),
+        parent_span_is_remote: span.parent_is_remote,
+        span_kind: match span.kind {
+            SpanKind::Server => OtelKind::Server,
+            SpanKind::Client => OtelKind::Client,
+        },
+        name: Cow::Owned(span.name()),
+        start_time: span.start,
+        end_time: span.start + span.duration,
+        attributes: attributes(span),
+        dropped_attributes_count: 0,
+        events,
+        links: SpanLinks::default(),
+        status: status(span),
+        instrumentation_scope: scope.clone(),
+    }
+}
+
+/// Semantic conventions: 5xx is an error on both kinds, 4xx only on CLIENT spans (for a
+/// server a 4xx is the caller's mistake); transport failures are errors.
+fn status(span: &SpanRecord) -> Status {
+    if let Some(kind) = span.error_type {
+        return Status::error(kind);
+    }
+    match (span.kind, span.status) {
+        (_, Some(code)) if code >= 500 => Status::error(""),
+        (SpanKind::Client, Some(code)) if code >= 400 => Status::error(""),
+        _ => Status::Unset,
+    }
+}
+
+fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(16);
+    attrs.push(KeyValue::new(
+        "http.request.method",
+        span.method.to_string(),
+    ));
+    let (host, port) = host_and_port(span);
+    if let Some(code) = span.status {
+        attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
+    }
+    if let Some(kind) = span.error_type {
+        attrs.push(KeyValue::new("error.type", kind));
+    }
+    if let Some(route) = &span.route {
+        attrs.push(KeyValue::new("http.route", route.to_string()));
+    }
+    let query = span
+        .target
+        .query()
+        .map(|q| redact_query(q, &span.redact_query_keys));
+    match span.kind {
+        SpanKind::Server => {
+            attrs.push(KeyValue::new("url.path", span.target.path().to_string()));
+            attrs.push(KeyValue::new("url.scheme", span.scheme));
+            if let Some(query) = query {
+                attrs.push(KeyValue::new("url.query", query));
+            }
+            attrs.push(KeyValue::new(
+                "client.address",
+                span.client_addr.ip().to_string(),
+            ));
+            attrs.push(KeyValue::new(
+                "client.port",
+                i64::from(span.client_addr.port()),
+            ));
+            attrs.push(KeyValue::new(
+                "network.peer.address",
+                span.client_addr.ip().to_string(),
+            ));
+            attrs.push(KeyValue::new(
+                "network.peer.port",
+                i64::from(span.client_addr.port()),
+            ));
+            attrs.push(KeyValue::new(
+                "server.address",
+                host.clone()
+                    .unwrap_or_else(|| span.local_addr.ip().to_string()),
+            ));
+            attrs.push(KeyValue::new(
+                "server.port",
+                i64::from(port.unwrap_or(span.local_addr.port())),
+            ));
+            if let Some(agent) = span.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
+                attrs.push(KeyValue::new("user_agent.original", agent.to_string()));
+            }
+        }
+        SpanKind::Client => {
+            let host = host.unwrap_or_default();
+            let port = port.unwrap_or(80);
+            attrs.push(KeyValue::new("server.address", host.clone()));
+            attrs.push(KeyValue::new("server.port", i64::from(port)));
+            let authority = if port == 80 {
+                host
+            } else {
+                format!("{host}:{port}")
+            };
+            let mut full = format!("{}://{}{}", span.scheme, authority, span.target.path());
+            if let Some(query) = query {
+                full.push('?');
+                full.push_str(&query);
+            }
+            attrs.push(KeyValue::new("url.full", full));
+            if let Some(peer) = &span.peer {
+                attrs.push(KeyValue::new(
+                    "network.peer.address",
+                    peer.host().to_string(),
+                ));
+                if let Some(port) = peer.port_u16() {
+                    attrs.push(KeyValue::new("network.peer.port", i64::from(port)));
+                }
+            }
+            if span.resend_count > 0 {
+                attrs.push(KeyValue::new(
+                    "http.request.resend_count",
+                    i64::from(span.resend_count),
+                ));
+            }
+        }
+    }
+    attrs.push(KeyValue::new(
+        "network.protocol.version",
+        match span.version {
+            http::Version::HTTP_09 => "0.9",
+            http::Version::HTTP_10 => "1.0",
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_3 => "3",
+            _ => "1.1",
+        },
+    ));
+    header_attributes(&mut attrs, "http.request.header.", &span.request_headers);
+    header_attributes(&mut attrs, "http.response.header.", &span.response_headers);
+    attrs
+}
+
+/// Captured headers as `string[]` attributes (semantic conventions), one per header name
+/// with all its values in order.
+fn header_attributes(
+    attrs: &mut Vec<KeyValue>,
+    prefix: &str,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+) {
+    let mut names: Vec<&http::HeaderName> = Vec::new();
+    for (name, _) in headers {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    for name in names {
+        let values: Vec<opentelemetry::StringValue> = headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned().into())
+            .collect();
+        attrs.push(KeyValue::new(
+            format!("{prefix}{name}"),
+            opentelemetry::Value::Array(opentelemetry::Array::String(values)),
+        ));
+    }
+}
+
+/// Host and port the request was addressed to: the absolute-form target's authority, else
+/// `Host`. Credentials (`user:pass@`) are never included.
+fn host_and_port(span: &SpanRecord) -> (Option<String>, Option<u16>) {
+    let authority = span
+        .target
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            span.host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let Some(authority) = authority else {
+        return (None, None);
+    };
+    let authority = authority.rsplit('@').next().unwrap_or_default();
+    match authority.parse::<http::uri::Authority>() {
+        Ok(a) => (Some(a.host().to_string()), a.port_u16()),
+        Err(_) => (Some(authority.to_string()), None),
+    }
+}
+
+/// Replaces the values of sensitive query keys with `REDACTED` (case-insensitive keys).
+pub fn redact_query(query: &str, keys: &[String]) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if keys.iter().any(|k| k.eq_ignore_ascii_case(key)) => {
+                format!("{key}=REDACTED")
+            }
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_query_values_are_redacted() {
+        let keys = vec!["token".to_string(), "sig".to_string()];
+        assert_eq!(
+            redact_query("a=1&Token=abc&sig=x&b=2&flag", &keys),
+            "a=1&Token=REDACTED&sig=REDACTED&b=2&flag"
+        );
+    }
+}

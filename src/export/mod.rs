@@ -1,0 +1,85 @@
+//! Getting spans out without slowing requests: `SpanSink` (the request path's handle: a
+//! bounded queue, `try_send`, full → drop and count) → the batcher task (batches by size or
+//! delay) → an exporter (OTLP over gRPC or HTTP/protobuf, or stdout). The conversion to the
+//! OpenTelemetry model happens in the batcher task, off the request path.
+
+mod batcher;
+mod convert;
+mod otlp;
+mod stdout;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+
+use crate::trace::span::SpanRecord;
+
+pub use self::batcher::{ExportTask, spawn};
+pub use self::otlp::ExporterError;
+
+/// Counters of the export pipeline, shared with whoever reports them (logs, metrics).
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Spans handed to the sink.
+    pub started: AtomicU64,
+    /// Spans the exporter delivered.
+    pub exported: AtomicU64,
+    /// Spans dropped because the queue was full (or the exporter gone).
+    pub dropped: AtomicU64,
+    /// Spans lost because their export failed after retries.
+    pub failed: AtomicU64,
+}
+
+impl ExportStats {
+    pub fn snapshot(&self) -> [u64; 4] {
+        [
+            self.started.load(Ordering::Relaxed),
+            self.exported.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// The request path's handle to the exporter: two methods, never waits.
+#[derive(Clone, Debug)]
+pub struct SpanSink {
+    tx: Option<mpsc::Sender<SpanRecord>>,
+    stats: Arc<ExportStats>,
+}
+
+impl SpanSink {
+    /// A sink that exports nothing (`exporter = "none"`): spans are not even built.
+    pub fn disabled() -> SpanSink {
+        SpanSink {
+            tx: None,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Whether sampled spans should be recorded at all.
+    pub fn is_enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues a finished span; when the queue is full the span is dropped and counted.
+    pub fn try_send(&self, span: SpanRecord) {
+        let Some(tx) = &self.tx else { return };
+        self.stats.started.fetch_add(1, Ordering::Relaxed);
+        if tx.try_send(span).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<ExportStats> {
+        &self.stats
+    }
+
+    /// Spans waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.tx
+            .as_ref()
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+}

@@ -1,0 +1,81 @@
+//! `SpanRecord`: one hop's span as plain data, filled in on the request path and turned into
+//! OpenTelemetry's model only in the export task. Only sampled requests build one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue, Method, Uri, Version};
+
+use super::context::{SpanId, TraceFlags, TraceId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    /// The request this hop received (inbound and gateway listeners).
+    Server,
+    /// One attempt to the upstream (outbound and gateway listeners).
+    Client,
+}
+
+/// When the upstream connection was ready for this attempt, and whether it was pooled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionAcquired {
+    /// Offset from the span's start.
+    pub at: Duration,
+    pub reused: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SpanRecord {
+    pub kind: SpanKind,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    /// The parent came from another process (a `traceparent` header), not this one.
+    pub parent_is_remote: bool,
+    pub flags: TraceFlags,
+    pub tracestate: Option<HeaderValue>,
+    /// Wall-clock start, read once per request; `duration` comes from the monotonic clock.
+    pub start: SystemTime,
+    pub duration: Duration,
+    pub method: Method,
+    /// The matched route's template (its `name`, else its `path_prefix`).
+    pub route: Option<Arc<str>>,
+    /// The request target as received (path and query; absolute-form keeps its authority).
+    pub target: Uri,
+    /// `Host` (or `:authority`) as received.
+    pub host: Option<HeaderValue>,
+    pub scheme: &'static str,
+    pub version: Version,
+    /// The downstream peer (who sent us the request).
+    pub client_addr: SocketAddr,
+    /// Our own address the request arrived on.
+    pub local_addr: SocketAddr,
+    pub user_agent: Option<HeaderValue>,
+    /// CLIENT: the endpoint actually used.
+    pub peer: Option<Authority>,
+    pub status: Option<u16>,
+    /// One of the documented `error.type` values when the hop failed.
+    pub error_type: Option<&'static str>,
+    /// CLIENT: which attempt this is (0 = first).
+    pub resend_count: u32,
+    pub connection: Option<ConnectionAcquired>,
+    /// CLIENT: response headers arrived this long after the span's start.
+    pub first_byte: Option<Duration>,
+    pub request_headers: Vec<(HeaderName, HeaderValue)>,
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Query keys whose values are replaced by `REDACTED` when exported.
+    pub redact_query_keys: Arc<[String]>,
+}
+
+impl SpanRecord {
+    /// `{method} {route}`, or `{method}` when no route matched (OpenTelemetry HTTP
+    /// semantic conventions: the route template, never the raw path).
+    pub fn name(&self) -> String {
+        match &self.route {
+            Some(route) => format!("{} {}", self.method, route),
+            None => self.method.to_string(),
+        }
+    }
+}
