@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod otlp;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
