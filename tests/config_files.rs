@@ -33,6 +33,15 @@ fn example_config_is_valid() {
         Some(HostMatch::Exact("payments.internal".into()))
     );
 
+    let healthz = config.routes.iter().find(|r| r.path_prefix == "/healthz");
+    assert!(!healthz.expect("healthz route").tracing);
+    assert!(payments.tracing);
+    assert_eq!(
+        config.tracing.trace_id_header.as_ref().map(|h| h.as_str()),
+        Some("x-trace-id")
+    );
+    assert_eq!(config.tracing.otlp.endpoint, "http://127.0.0.1:4317");
+
     let app = &config.upstreams["app"];
     assert_eq!(app.endpoints[0].to_string(), "127.0.0.1:8080");
     assert_eq!(config.upstreams["payments"].balance, Balance::P2c);

@@ -97,6 +97,9 @@ pub enum LoadError {
     // The errors are shown in full, not as a `source`: `hoptrace check` prints this directly.
     #[error("{}: {}\n{errors}", path.display(), error_count(errors.len()))]
     Invalid { path: PathBuf, errors: ConfigErrors },
+    /// The file is valid but an `OTEL_*` environment variable is not.
+    #[error("invalid OpenTelemetry environment: {}\n{errors}", error_count(errors.len()))]
+    Env { errors: ConfigErrors },
 }
 
 fn error_count(n: usize) -> String {

@@ -3,7 +3,10 @@
 //!
 //! Loading has no side effects: nothing is bound or spawned here, so `hoptrace check`, the
 //! startup path and (later) reload all go through the same `Config::from_toml_str`.
+//! `Config::load` then applies the OpenTelemetry `OTEL_*` environment variables (`env`);
+//! `from_toml_str` never reads the environment.
 
+mod env;
 mod error;
 mod raw;
 mod validate;
@@ -267,16 +270,21 @@ pub struct UpstreamConfig {
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file, then applies the `OTEL_*` environment variables
+    /// over it (see `apply_otel_env`).
     pub fn load(path: &Path) -> Result<Config, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_toml_str(&text).map_err(|errors| LoadError::Invalid {
+        let mut config = Config::from_toml_str(&text).map_err(|errors| LoadError::Invalid {
             path: path.to_owned(),
             errors,
-        })
+        })?;
+        config
+            .apply_otel_env(|k| std::env::var(k).ok())
+            .map_err(|errors| LoadError::Env { errors })?;
+        Ok(config)
     }
 
     /// Parses and validates TOML text, reporting every error found, not just the first.

@@ -55,6 +55,39 @@ pub(super) struct Route {
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     pub headers: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
     pub upstream: Option<Spanned<String>>,
+    pub tracing: Option<Spanned<bool>>,
+    // `f64` also accepts a TOML integer, so `0` and `1` work as well as `0.0` and `1.0`.
+    pub sampling_ratio: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Tracing {
+    pub exporter: Option<Spanned<String>>,
+    pub sampling_ratio: Option<Spanned<f64>>,
+    pub traceresponse: Option<Spanned<bool>>,
+    pub trace_id_header: Option<Spanned<String>>,
+    pub capture_request_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub capture_response_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub redact_query_keys: Option<Spanned<Vec<Spanned<String>>>>,
+    pub queue_size: Option<Spanned<i64>>,
+    pub batch_size: Option<Spanned<i64>>,
+    pub batch_delay: Option<Spanned<String>>,
+    /// `[tracing.otlp]` is taken out and read as its own table (`Otlp`) before this struct
+    /// is read; the field is here so that `otlp` is an allowed key.
+    #[allow(dead_code)]
+    pub otlp: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Otlp {
+    pub protocol: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
+    pub headers: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+    pub compression: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +114,7 @@ const SECTIONS: &[&str] = &[
     "listeners",
     "routes",
     "upstreams",
+    "tracing",
 ];
 
 /// One TOML table read into its raw struct.
@@ -109,6 +143,9 @@ pub(super) struct Document {
     pub listeners: Vec<Option<Table<Listener>>>,
     pub routes: Vec<Option<Table<Route>>>,
     pub upstreams: Vec<NamedUpstream>,
+    pub tracing: Option<Table<Tracing>>,
+    /// `[tracing.otlp]`, read apart from `[tracing]` so its errors name `tracing.otlp.KEY`.
+    pub otlp: Option<Table<Otlp>>,
     /// Top-level keys whose value was rejected (e.g. `service = 1`).
     pub rejected: Vec<String>,
 }
@@ -173,6 +210,7 @@ impl Reader<'_, '_> {
                 "listeners" => self.array(name, value).map(|v| doc.listeners = v),
                 "routes" => self.array(name, value).map(|v| doc.routes = v),
                 "upstreams" => self.upstreams(value).map(|v| doc.upstreams = v),
+                "tracing" => self.tracing(value, &mut doc),
                 _ => {
                     self.unknown_key(key_segment(name), key.span().start, SECTIONS);
                     Some(())
@@ -234,6 +272,22 @@ impl Reader<'_, '_> {
                 None
             }
         }
+    }
+
+    /// `[tracing]`, with `[tracing.otlp]` taken out first and read as a table of its own.
+    fn tracing(&mut self, value: Spanned<DeValue<'_>>, doc: &mut Document) -> Option<()> {
+        let span = value.span();
+        let value = match value.into_inner() {
+            DeValue::Table(mut table) => {
+                if let Some(otlp) = table.remove("otlp") {
+                    doc.otlp = self.table("tracing.otlp", otlp);
+                }
+                DeValue::Table(table)
+            }
+            other => other,
+        };
+        doc.tracing = Some(self.table("tracing", Spanned::new(span, value))?);
+        Some(())
     }
 
     /// Reads one table into `T`, reporting each unknown key and each value of the wrong type
@@ -360,7 +414,9 @@ mod tests {
                 "path_prefix",
                 "methods",
                 "headers",
-                "upstream"
+                "upstream",
+                "tracing",
+                "sampling_ratio"
             ]
         );
     }

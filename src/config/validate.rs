@@ -5,8 +5,9 @@
 mod route;
 #[cfg(test)]
 mod tests;
+pub(super) mod tracing;
 mod upstream;
-mod value;
+pub(super) mod value;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -177,6 +178,7 @@ impl Check<'_> {
         }
 
         let routes = self.routes(doc);
+        let tracing = self.tracing(doc);
 
         Some(Config {
             service: ServiceConfig {
@@ -191,7 +193,7 @@ impl Check<'_> {
                 .into_iter()
                 .map(|(name, u)| Some((name, u?)))
                 .collect::<Option<_>>()?,
-            tracing: super::TracingConfig::default(),
+            tracing: tracing?,
         })
     }
 

@@ -86,6 +86,8 @@ impl Check<'_> {
                 Err(format!("{s:?} is not defined"))
             }
         });
+        let tracing = f.tracing.as_ref().is_none_or(|b| *b.get_ref());
+        let sampling_ratio = self.ratio(path, "sampling_ratio", f.sampling_ratio.as_ref());
         Some(RouteConfig {
             name: name?,
             listener: listener?,
@@ -94,8 +96,8 @@ impl Check<'_> {
             methods: methods?,
             headers: headers?,
             upstream: upstream?,
-            tracing: true,
-            sampling_ratio: None,
+            tracing,
+            sampling_ratio: sampling_ratio?,
         })
     }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::config::{Balance, Config, Endpoint, HostMatch, Protocol, Role};
 
-const MINIMAL: &str = r#"
+pub(super) const MINIMAL: &str = r#"
 [service]
 name = "checkout"
 
@@ -22,7 +22,7 @@ endpoints = ["127.0.0.1:8080"]
 "#;
 
 /// The Display lines of every error `text` produces (panics if it is valid).
-fn errors(text: &str) -> Vec<String> {
+pub(super) fn errors(text: &str) -> Vec<String> {
     match Config::from_toml_str(text) {
         Ok(config) => panic!("expected errors, got {config:?}"),
         Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
@@ -30,7 +30,7 @@ fn errors(text: &str) -> Vec<String> {
 }
 
 /// `MINIMAL` with `extra` appended.
-fn with(extra: &str) -> String {
+pub(super) fn with(extra: &str) -> String {
     format!("{MINIMAL}{extra}")
 }
 
@@ -151,9 +151,9 @@ fn unknown_keys_list_the_allowed_ones() {
              failure_backoff (line 16)",
             "routes[1].upstream: missing required key (line 17)",
             "routes[1].upsteam: unknown key; expected one of: name, listener, host, path_prefix, \
-             methods, headers, upstream (line 19)",
+             methods, headers, upstream, tracing, sampling_ratio (line 19)",
             "metrics: unknown key; expected one of: service, admin, shutdown, listeners, routes, \
-             upstreams (line 20)",
+             upstreams, tracing (line 20)",
         ]
     );
 }
@@ -317,7 +317,7 @@ endpoints = "127.0.0.1:8080"
         errors(text),
         [
             "routes[0].upsteam: unknown key; expected one of: name, listener, host, path_prefix, \
-             methods, headers, upstream (line 12)",
+             methods, headers, upstream, tracing, sampling_ratio (line 12)",
             "routes[1].upstream: \"pay\" is not defined (line 17)",
             "upstreams.app.endpoints: invalid type: string \"127.0.0.1:8080\", expected a \
              sequence (line 20)",

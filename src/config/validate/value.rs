@@ -4,7 +4,7 @@
 use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::config::{Endpoint, HostMatch};
+use crate::config::{Endpoint, HostMatch, OtlpProtocol};
 
 pub(super) fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
@@ -25,7 +25,7 @@ pub(super) fn socket_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// One of a fixed set of names, e.g. `role = "inbound"`.
-pub(super) fn one_of<T: Copy>(s: &str, options: &[(&str, T)]) -> Result<T, String> {
+pub(in crate::config) fn one_of<T: Copy>(s: &str, options: &[(&str, T)]) -> Result<T, String> {
     options
         .iter()
         .find(|(name, _)| *name == s)
@@ -50,6 +50,75 @@ pub(super) fn in_range(n: i64, min: i64, max: i64) -> Result<usize, String> {
         return Err(format!("must be between {min} and {max} (got {n})"));
     }
     usize::try_from(n).map_err(|_| format!("{n} does not fit this platform"))
+}
+
+/// A count that must be positive (queue and batch sizes).
+pub(in crate::config) fn at_least_one(n: i64) -> Result<usize, String> {
+    if n < 1 {
+        return Err(format!("must be at least 1 (got {n})"));
+    }
+    usize::try_from(n).map_err(|_| format!("{n} does not fit this platform"))
+}
+
+/// A sampling probability. NaN fails the range check too.
+pub(in crate::config) fn ratio(r: f64) -> Result<f64, String> {
+    if (0.0..=1.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!("must be between 0.0 and 1.0, got {r}"))
+    }
+}
+
+/// An OTLP collector URL: `http` or `https`, with a host.
+pub(in crate::config) fn collector_url(s: &str) -> Result<http::Uri, String> {
+    let bad = |why: &str| format!("invalid URL {s:?}: {why}");
+    let uri: http::Uri = s.parse().map_err(|_| bad("not a valid URI"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(_) => return Err(bad("the scheme must be http or https")),
+        None => return Err(bad("expected http://host:port or https://host:port")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("missing host"));
+    }
+    Ok(uri)
+}
+
+/// OTLP spec, "OTLP/HTTP Request": traces are POSTed to `/v1/traces` under the base URL.
+/// Appends it to the URL's path without doubling a trailing `/`; the query is kept.
+pub(in crate::config) fn append_traces_path(uri: &http::Uri) -> Result<http::Uri, String> {
+    let base = uri.path().trim_end_matches('/');
+    let path = match uri.query() {
+        Some(query) => format!("{base}/v1/traces?{query}"),
+        None => format!("{base}/v1/traces"),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        path.parse()
+            .map_err(|_| format!("invalid URL path {path:?}"))?,
+    );
+    http::Uri::from_parts(parts).map_err(|e| format!("invalid URL {uri}: {e}"))
+}
+
+/// For OTLP/HTTP, a URL with no path means the collector's base URL: add `/v1/traces`.
+/// gRPC URLs name the service by the method, so they are used as given.
+pub(in crate::config) fn otlp_endpoint(
+    uri: http::Uri,
+    protocol: OtlpProtocol,
+) -> Result<http::Uri, String> {
+    match protocol {
+        OtlpProtocol::HttpProtobuf if matches!(uri.path(), "" | "/") => append_traces_path(&uri),
+        _ => Ok(uri),
+    }
+}
+
+/// The endpoint used when none is configured: the OTLP spec's defaults
+/// (gRPC port 4317; HTTP port 4318 with path `/v1/traces`).
+pub(in crate::config) fn default_otlp_endpoint(protocol: OtlpProtocol) -> http::Uri {
+    match protocol {
+        OtlpProtocol::Grpc => http::Uri::from_static("http://localhost:4317"),
+        OtlpProtocol::HttpProtobuf => http::Uri::from_static("http://localhost:4318/v1/traces"),
+    }
 }
 
 /// `api.example.com` or `*.example.com`, matched against the request's host without its port.
@@ -140,7 +209,7 @@ pub(super) fn method(s: &str) -> Result<http::Method, String> {
 }
 
 /// Stored lowercase (RFC 9110 §5.1: field names are case-insensitive).
-pub(super) fn header_name(s: &str) -> Result<http::HeaderName, String> {
+pub(in crate::config) fn header_name(s: &str) -> Result<http::HeaderName, String> {
     http::HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("invalid header name {s:?}"))
 }
 
@@ -164,6 +233,50 @@ pub(super) fn path_prefix(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn collector_urls() {
+        let url = |s: &str, p| collector_url(s).and_then(|u| otlp_endpoint(u, p));
+        let http = OtlpProtocol::HttpProtobuf;
+        let grpc = OtlpProtocol::Grpc;
+        let ok = |s: &str| Ok(s.parse::<http::Uri>().unwrap());
+        assert_eq!(url("http://c:4318", http), ok("http://c:4318/v1/traces"));
+        assert_eq!(url("http://c:4318/", http), ok("http://c:4318/v1/traces"));
+        assert_eq!(url("https://c/otlp", http), ok("https://c/otlp"));
+        assert_eq!(url("http://c:4317", grpc), ok("http://c:4317"));
+        assert_eq!(url("http://c:4317/", grpc), ok("http://c:4317/"));
+        let append = |s: &str| append_traces_path(&s.parse().unwrap());
+        assert_eq!(append("http://c/otlp/"), ok("http://c/otlp/v1/traces"));
+        assert_eq!(
+            append("http://c/otlp?a=1"),
+            ok("http://c/otlp/v1/traces?a=1")
+        );
+        assert_eq!(
+            url("ftp://c", grpc),
+            Err(r#"invalid URL "ftp://c": the scheme must be http or https"#.into())
+        );
+        for bad in ["c:4317", "/v1/traces", "", "http://", "http://a b"] {
+            assert!(collector_url(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            default_otlp_endpoint(http).to_string(),
+            "http://localhost:4318/v1/traces"
+        );
+    }
+
+    #[test]
+    fn ratios_and_counts() {
+        assert_eq!(ratio(0.0), Ok(0.0));
+        assert_eq!(ratio(1.0), Ok(1.0));
+        assert_eq!(
+            ratio(1.5),
+            Err("must be between 0.0 and 1.0, got 1.5".into())
+        );
+        assert!(ratio(f64::NAN).is_err());
+        assert!(ratio(-0.1).is_err());
+        assert_eq!(at_least_one(1), Ok(1));
+        assert_eq!(at_least_one(0), Err("must be at least 1 (got 0)".into()));
+    }
 
     #[test]
     fn hosts() {
