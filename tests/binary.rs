@@ -25,11 +25,17 @@ struct Proxy {
     child: Child,
     listeners: HashMap<String, SocketAddr>,
     admin: SocketAddr,
+    /// Lines the process wrote to stdout (the stdout exporter's spans).
+    stdout: mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Proxy {
     fn spawn(config: &str) -> Proxy {
+        Proxy::spawn_with_env(config, &[])
+    }
+
+    fn spawn_with_env(config: &str, env: &[(&str, String)]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
@@ -37,7 +43,8 @@ impl Proxy {
             .args(["--log-format", "json", "run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -49,6 +56,13 @@ impl Proxy {
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                     let _ = tx.send(event);
                 }
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (out_tx, out_rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = out_tx.send(line);
             }
         });
         let mut listeners = HashMap::new();
@@ -77,6 +91,7 @@ impl Proxy {
             child,
             listeners,
             admin: admin.unwrap(),
+            stdout: out_rx,
             _dir: dir,
         }
     }
@@ -125,6 +140,8 @@ fn config(upstream: SocketAddr, grace: &str) -> String {
 name = "binary-test"
 [admin]
 bind = "127.0.0.1:0"
+[tracing]
+exporter = "none"
 [shutdown]
 grace = "{grace}"
 [[listeners]]
@@ -356,4 +373,65 @@ async fn a_gigabyte_each_way_streams_in_constant_memory() {
     let peak = proxy.peak_rss();
     assert!(peak < 64 << 20, "peak RSS {} MiB", peak >> 20);
     eprintln!("hoptrace peak RSS after 2 GiB through: {} MiB", peak >> 20);
+}
+
+fn traced_config(upstream: SocketAddr, tracing: &str) -> String {
+    config(upstream, "5s").replace("[tracing]\nexporter = \"none\"\n", tracing)
+}
+
+#[tokio::test]
+async fn stdout_exporter_writes_one_json_line_per_span() {
+    let upstream = echo_server("app").await;
+    let proxy = Proxy::spawn(&traced_config(
+        upstream.addr,
+        "[tracing]\nexporter = \"stdout\"\nbatch_delay = \"10ms\"\n",
+    ));
+    let addr = proxy.listeners["main"];
+    let request = Request::get(format!("http://{addr}/hello?x=1"))
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(http1_client().request(request).await.unwrap().status(), 200);
+    let line = proxy.stdout.recv_timeout(DEADLINE).expect("no span on stdout");
+    let span: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(span["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(span["kind"], "server");
+    assert_eq!(span["name"], "GET /");
+    assert_eq!(span["attributes"]["url.path"], "/hello");
+    assert_eq!(span["attributes"]["http.response.status_code"], 200);
+}
+
+#[tokio::test]
+async fn otel_environment_overrides_the_file_and_sigterm_flushes_spans() {
+    let receiver = common::otlp::Receiver::start().await;
+    let upstream = echo_server("app").await;
+    // The file exports nowhere useful and would batch for an hour: only the environment's
+    // endpoint and the flush at shutdown can deliver the span.
+    let mut proxy = Proxy::spawn_with_env(
+        &traced_config(
+            upstream.addr,
+            "[tracing]\nbatch_delay = \"1h\"\n[tracing.otlp]\nendpoint = \"http://127.0.0.1:9\"\n",
+        ),
+        &[
+            ("OTEL_SERVICE_NAME", "from-env".to_string()),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.http_url()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_string()),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,team=edge".to_string()),
+        ],
+    );
+    let addr = proxy.listeners["main"];
+    let response = get(&http1_client(), format!("http://{addr}/flush-me")).await;
+    assert_eq!(response.status(), 200);
+    assert!(receiver.spans().is_empty(), "batched, not yet exported");
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(proxy.exit_code().await, 0);
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    let span = &spans[0];
+    assert_eq!(span.attr_str("url.path"), Some("/flush-me"));
+    assert_eq!(span.resource["service.name"], "from-env");
+    assert_eq!(span.resource["deployment.environment"], "test");
+    assert_eq!(span.resource["team"], "edge");
+    assert_eq!(span.transport, "http");
 }

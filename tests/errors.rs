@@ -21,6 +21,8 @@ fn config_with(endpoints: &[std::net::SocketAddr], extra: &str) -> String {
 name = "errors"
 [admin]
 bind = "127.0.0.1:0"
+[tracing]
+exporter = "none"
 [[listeners]]
 name = "main"
 bind = "127.0.0.1:0"

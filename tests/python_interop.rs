@@ -181,6 +181,78 @@ fn only<'a>(spans: &'a [ReceivedSpan], service: &str) -> &'a ReceivedSpan {
 }
 
 #[tokio::test]
+async fn python_client_through_hoptrace_to_python_server_is_one_trace() {
+    setup_venv().await;
+    let receiver = Receiver::start().await;
+    let otlp = receiver.http_url();
+    let (server, server_port) = start_py_server(&otlp).await;
+
+    // hoptrace as the Python server's inbound sidecar, exporting over gRPC.
+    let proxy = common::start_proxy(&format!(
+        r#"
+[service]
+name = "py-server-sidecar"
+[admin]
+bind = "127.0.0.1:0"
+[tracing]
+batch_delay = "20ms"
+[tracing.otlp]
+endpoint = "{}"
+[[listeners]]
+name = "inbound"
+bind = "127.0.0.1:0"
+role = "inbound"
+[[routes]]
+name = "hello"
+listener = "inbound"
+upstream = "py"
+[upstreams.py]
+endpoints = ["127.0.0.1:{server_port}"]
+"#,
+        receiver.grpc_url()
+    ))
+    .await;
+    let url = format!("http://{}/hello", proxy.listener_addr("inbound").unwrap());
+
+    let report = run_py_client(&url, &otlp).await;
+    assert_eq!(report["status"], 200, "{report}");
+    let trace_id = report["trace_id"].as_str().unwrap().to_string();
+    let client_span_id = report["span_id"].as_str().unwrap().to_string();
+
+    receiver.wait_for_spans(3).await;
+    // A clean server exit flushes anything left; after it, no more spans can arrive.
+    let status = server.shutdown(Duration::from_secs(20)).await;
+    assert!(status.success(), "server.py exited with {status}");
+    proxy.shutdown().await;
+
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 3, "exactly three spans expected: {spans:#?}");
+    assert!(
+        spans.iter().all(|s| s.trace_id == trace_id),
+        "all spans in trace {trace_id}: {spans:#?}"
+    );
+    let client = only(&spans, "py-client");
+    assert_eq!(client.span_id, client_span_id);
+    assert_eq!(client.parent_span_id, "", "the Python client's span is the root");
+    let hop = only(&spans, "py-server-sidecar");
+    assert_eq!(hop.kind, 2, "SERVER");
+    assert_eq!(hop.name, "GET hello");
+    assert_eq!(hop.parent_span_id, client.span_id);
+    assert_eq!(hop.transport, "grpc");
+    let server = only(&spans, "py-server");
+    assert_eq!(server.parent_span_id, hop.span_id, "the Python server continues hoptrace's span");
+    assert!(hop.start_unix_nano >= client.start_unix_nano && hop.end_unix_nano <= client.end_unix_nano);
+    assert!(server.start_unix_nano >= hop.start_unix_nano && server.end_unix_nano <= hop.end_unix_nano);
+
+    // The Python server received hoptrace's context, with the client's flags kept as they
+    // were (this SDK sends 03: sampled plus Level 2's random-trace-id bit).
+    let received = report["body"]["traceparent"].as_str().unwrap_or_default();
+    let client_flags = received.rsplit('-').next().unwrap_or_default();
+    assert_eq!(received, format!("00-{trace_id}-{}-{client_flags}", hop.span_id), "{report}");
+    assert_eq!(u8::from_str_radix(client_flags, 16).unwrap() & 1, 1);
+}
+
+#[tokio::test]
 async fn python_client_and_server_spans_form_one_trace() {
     setup_venv().await;
     let receiver = Receiver::start().await;

@@ -17,6 +17,8 @@ fn routing_config(
 name = "routing"
 [admin]
 bind = "127.0.0.1:0"
+[tracing]
+exporter = "none"
 [[listeners]]
 name = "out"
 bind = "127.0.0.1:0"

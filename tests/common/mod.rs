@@ -125,6 +125,8 @@ pub fn simple_config(role: &str, upstream: SocketAddr, protocol: &str) -> String
 name = "test"
 [admin]
 bind = "127.0.0.1:0"
+[tracing]
+exporter = "none"
 [[listeners]]
 name = "main"
 bind = "127.0.0.1:0"
