@@ -366,4 +366,6 @@ fn encode_hex(src: &[u8], out: &mut [u8]) {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
