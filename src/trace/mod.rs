@@ -13,3 +13,4 @@
 pub mod context;
 pub mod sampler;
 pub mod span;
+pub mod tracestate;
