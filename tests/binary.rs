@@ -388,11 +388,17 @@ async fn stdout_exporter_writes_one_json_line_per_span() {
     ));
     let addr = proxy.listeners["main"];
     let request = Request::get(format!("http://{addr}/hello?x=1"))
-        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .body(full(""))
         .unwrap();
     assert_eq!(http1_client().request(request).await.unwrap().status(), 200);
-    let line = proxy.stdout.recv_timeout(DEADLINE).expect("no span on stdout");
+    let line = proxy
+        .stdout
+        .recv_timeout(DEADLINE)
+        .expect("no span on stdout");
     let span: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(span["parent_span_id"], "00f067aa0ba902b7");
@@ -417,7 +423,10 @@ async fn otel_environment_overrides_the_file_and_sigterm_flushes_spans() {
             ("OTEL_SERVICE_NAME", "from-env".to_string()),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.http_url()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_string()),
-            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,team=edge".to_string()),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=test,team=edge".to_string(),
+            ),
         ],
     );
     let addr = proxy.listeners["main"];

@@ -233,22 +233,36 @@ endpoints = ["127.0.0.1:{server_port}"]
     );
     let client = only(&spans, "py-client");
     assert_eq!(client.span_id, client_span_id);
-    assert_eq!(client.parent_span_id, "", "the Python client's span is the root");
+    assert_eq!(
+        client.parent_span_id, "",
+        "the Python client's span is the root"
+    );
     let hop = only(&spans, "py-server-sidecar");
     assert_eq!(hop.kind, 2, "SERVER");
     assert_eq!(hop.name, "GET hello");
     assert_eq!(hop.parent_span_id, client.span_id);
     assert_eq!(hop.transport, "grpc");
     let server = only(&spans, "py-server");
-    assert_eq!(server.parent_span_id, hop.span_id, "the Python server continues hoptrace's span");
-    assert!(hop.start_unix_nano >= client.start_unix_nano && hop.end_unix_nano <= client.end_unix_nano);
-    assert!(server.start_unix_nano >= hop.start_unix_nano && server.end_unix_nano <= hop.end_unix_nano);
+    assert_eq!(
+        server.parent_span_id, hop.span_id,
+        "the Python server continues hoptrace's span"
+    );
+    assert!(
+        hop.start_unix_nano >= client.start_unix_nano && hop.end_unix_nano <= client.end_unix_nano
+    );
+    assert!(
+        server.start_unix_nano >= hop.start_unix_nano && server.end_unix_nano <= hop.end_unix_nano
+    );
 
     // The Python server received hoptrace's context, with the client's flags kept as they
     // were (this SDK sends 03: sampled plus Level 2's random-trace-id bit).
     let received = report["body"]["traceparent"].as_str().unwrap_or_default();
     let client_flags = received.rsplit('-').next().unwrap_or_default();
-    assert_eq!(received, format!("00-{trace_id}-{}-{client_flags}", hop.span_id), "{report}");
+    assert_eq!(
+        received,
+        format!("00-{trace_id}-{}-{client_flags}", hop.span_id),
+        "{report}"
+    );
     assert_eq!(u8::from_str_radix(client_flags, 16).unwrap() & 1, 1);
 }
 

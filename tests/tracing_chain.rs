@@ -45,14 +45,21 @@ upstream = "{listener}-up"
 [upstreams.{listener}-up]
 endpoints = ["{upstream}"]
 "#,
-            host = if host.is_empty() { String::new() } else { format!("host = \"{host}\"") }
+            host = if host.is_empty() {
+                String::new()
+            } else {
+                format!("host = \"{host}\"")
+            }
         ));
     }
     toml
 }
 
 fn grpc_exporter(receiver: &Receiver) -> String {
-    format!("[tracing.otlp]\nprotocol = \"grpc\"\nendpoint = \"{}\"\n", receiver.grpc_url())
+    format!(
+        "[tracing.otlp]\nprotocol = \"grpc\"\nendpoint = \"{}\"\n",
+        receiver.grpc_url()
+    )
 }
 
 fn http_exporter(receiver: &Receiver) -> String {
@@ -74,7 +81,9 @@ fn header_of(req: &Request<Incoming>, name: &str) -> String {
 fn by_service<'a>(spans: &'a [ReceivedSpan], service: &str, kind: i32) -> &'a ReceivedSpan {
     let found: Vec<&ReceivedSpan> = spans
         .iter()
-        .filter(|s| s.resource.get("service.name") == Some(&serde_json::json!(service)) && s.kind == kind)
+        .filter(|s| {
+            s.resource.get("service.name") == Some(&serde_json::json!(service)) && s.kind == kind
+        })
         .collect();
     assert_eq!(found.len(), 1, "{service} kind {kind}: {spans:#?}");
     found[0]
@@ -82,7 +91,8 @@ fn by_service<'a>(spans: &'a [ReceivedSpan], service: &str, kind: i32) -> &'a Re
 
 fn assert_inside(child: &ReceivedSpan, parent: &ReceivedSpan) {
     assert!(
-        parent.start_unix_nano <= child.start_unix_nano && child.end_unix_nano <= parent.end_unix_nano,
+        parent.start_unix_nano <= child.start_unix_nano
+            && child.end_unix_nano <= parent.end_unix_nano,
         "{} [{}, {}] is not inside {} [{}, {}]",
         child.name,
         child.start_unix_nano,
@@ -111,7 +121,12 @@ async fn one_trace_across_four_hops_with_the_parents_the_chain_implies() {
         }
     })
     .await;
-    let svc2 = start_proxy(&sidecar("svc2", &http_exporter(&receiver), &[("in", "inbound", app2.addr, "")])).await;
+    let svc2 = start_proxy(&sidecar(
+        "svc2",
+        &http_exporter(&receiver),
+        &[("in", "inbound", app2.addr, "")],
+    ))
+    .await;
     let svc2_in = svc2.listener_addr("in").unwrap();
 
     // svc1's sidecar: inbound to app1, outbound to svc2. app1 calls svc2 through it,
@@ -132,20 +147,35 @@ async fn one_trace_across_four_hops_with_the_parents_the_chain_implies() {
                 .unwrap();
             let response = http1_client().request(call).await.unwrap();
             let body = body_string(response).await;
-            text(200, if body == "paid" { "checkout done" } else { "checkout failed" })
+            text(
+                200,
+                if body == "paid" {
+                    "checkout done"
+                } else {
+                    "checkout failed"
+                },
+            )
         }
     })
     .await;
     let svc1 = start_proxy(&sidecar(
         "svc1",
         &grpc_exporter(&receiver),
-        &[("in", "inbound", app1.addr, ""), ("out", "outbound", svc2_in, "svc2")],
+        &[
+            ("in", "inbound", app1.addr, ""),
+            ("out", "outbound", svc2_in, "svc2"),
+        ],
     ))
     .await;
     *app1_out.lock().unwrap() = svc1.listener_addr("out");
     let svc1_in = svc1.listener_addr("in").unwrap();
 
-    let edge = start_proxy(&sidecar("edge", &grpc_exporter(&receiver), &[("out", "outbound", svc1_in, "svc1")])).await;
+    let edge = start_proxy(&sidecar(
+        "edge",
+        &grpc_exporter(&receiver),
+        &[("out", "outbound", svc1_in, "svc1")],
+    ))
+    .await;
     let edge_out = edge.listener_addr("out").unwrap();
 
     let request = Request::get(format!("http://{edge_out}/checkout?cart=7&token=s3cr3t"))
@@ -155,7 +185,10 @@ async fn one_trace_across_four_hops_with_the_parents_the_chain_implies() {
         .unwrap();
     let response = http1_client().request(request).await.unwrap();
     assert_eq!(response.status(), 200);
-    let traceresponse = response.headers()["traceresponse"].to_str().unwrap().to_string();
+    let traceresponse = response.headers()["traceresponse"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(body_string(response).await, "checkout done");
 
     let spans = receiver.wait_for_spans(4).await;
@@ -169,7 +202,10 @@ async fn one_trace_across_four_hops_with_the_parents_the_chain_implies() {
     for span in [s1, c2, s2] {
         assert_eq!(span.trace_id, c1.trace_id);
     }
-    assert_eq!(c1.parent_span_id, "", "no incoming context: the edge's span is the root");
+    assert_eq!(
+        c1.parent_span_id, "",
+        "no incoming context: the edge's span is the root"
+    );
     assert_eq!(s1.parent_span_id, c1.span_id);
     assert_eq!(c2.parent_span_id, s1.span_id);
     assert_eq!(s2.parent_span_id, c2.span_id);
@@ -178,10 +214,19 @@ async fn one_trace_across_four_hops_with_the_parents_the_chain_implies() {
     assert_inside(s2, c2);
 
     // Each app saw a traceparent naming the SERVER span of its own sidecar.
-    assert_eq!(app1_seen.lock().unwrap().clone(), [format!("00-{}-{}-01", c1.trace_id, s1.span_id)]);
-    assert_eq!(app2_seen.lock().unwrap().clone(), [format!("00-{}-{}-01", c1.trace_id, s2.span_id)]);
+    assert_eq!(
+        app1_seen.lock().unwrap().clone(),
+        [format!("00-{}-{}-01", c1.trace_id, s1.span_id)]
+    );
+    assert_eq!(
+        app2_seen.lock().unwrap().clone(),
+        [format!("00-{}-{}-01", c1.trace_id, s2.span_id)]
+    );
     // The client learns the trace from traceresponse (its hop's span: the edge CLIENT span).
-    assert_eq!(traceresponse, format!("00-{}-{}-01", c1.trace_id, c1.span_id));
+    assert_eq!(
+        traceresponse,
+        format!("00-{}-{}-01", c1.trace_id, c1.span_id)
+    );
 
     // Names, kinds, attributes and status per the HTTP semantic conventions.
     assert_eq!(c1.name, "GET out-route");
@@ -190,9 +235,15 @@ async fn one_trace_across_four_hops_with_the_parents_the_chain_implies() {
     assert_eq!(c1.attr_i64("http.response.status_code"), Some(200));
     assert_eq!(c1.attr_str("server.address"), Some("svc1"));
     assert_eq!(c1.attr_i64("server.port"), Some(80));
-    assert_eq!(c1.attr_str("url.full"), Some("http://svc1/checkout?cart=7&token=REDACTED"));
+    assert_eq!(
+        c1.attr_str("url.full"),
+        Some("http://svc1/checkout?cart=7&token=REDACTED")
+    );
     assert_eq!(c1.attr_str("network.peer.address"), Some("127.0.0.1"));
-    assert_eq!(c1.attr_i64("network.peer.port"), Some(i64::from(svc1_in.port())));
+    assert_eq!(
+        c1.attr_i64("network.peer.port"),
+        Some(i64::from(svc1_in.port()))
+    );
     assert_eq!(s1.attr_str("url.path"), Some("/checkout"));
     assert_eq!(s1.attr_str("url.query"), Some("cart=7&token=REDACTED"));
     assert_eq!(s1.attr_str("url.scheme"), Some("http"));
@@ -204,7 +255,11 @@ async fn one_trace_across_four_hops_with_the_parents_the_chain_implies() {
     assert_eq!(s1.attr_str("network.protocol.version"), Some("1.1"));
     assert_eq!(s1.attr_str("user_agent.original"), Some("chain-test/1.0"));
     for span in [c1, s1, c2, s2] {
-        assert_eq!(span.status_code, 0, "{}: status unset on success", span.name);
+        assert_eq!(
+            span.status_code, 0,
+            "{}: status unset on success",
+            span.name
+        );
         assert_eq!(span.scope_name, "hoptrace");
         assert!(span.resource.contains_key("service.instance.id"));
         assert!(span.resource.contains_key("host.name"));
@@ -212,11 +267,19 @@ async fn one_trace_across_four_hops_with_the_parents_the_chain_implies() {
     // CLIENT spans carry the connection and first-byte events.
     let events: Vec<&str> = c1.events.iter().map(|(name, _, _)| name.as_str()).collect();
     assert_eq!(events, ["connection acquired", "response headers received"]);
-    assert_eq!(c1.events[0].2.get("hoptrace.connection"), Some(&serde_json::json!("new")));
+    assert_eq!(
+        c1.events[0].2.get("hoptrace.connection"),
+        Some(&serde_json::json!("new"))
+    );
     // Both transports were used, and the HTTP one carried the API key header.
     assert_eq!(s2.transport, "http");
     assert_eq!(s1.transport, "grpc");
-    assert!(receiver.http_headers().iter().any(|h| h.get("x-api-key").is_some_and(|v| v == "k-123")));
+    assert!(
+        receiver
+            .http_headers()
+            .iter()
+            .any(|h| h.get("x-api-key").is_some_and(|v| v == "k-123"))
+    );
 
     for proxy in [edge, svc1, svc2] {
         proxy.shutdown().await;

@@ -30,7 +30,13 @@ async fn recording_upstream() -> (TestServer, Arc<Mutex<Vec<http::HeaderMap>>>) 
     (server, seen)
 }
 
-fn config(receiver: &Receiver, role: &str, upstream: SocketAddr, tracing: &str, route: &str) -> String {
+fn config(
+    receiver: &Receiver,
+    role: &str,
+    upstream: SocketAddr,
+    tracing: &str,
+    route: &str,
+) -> String {
     format!(
         r#"
 [service]
@@ -69,7 +75,10 @@ async fn send(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> http::R
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
-    http1_client().request(request.body(full("")).unwrap()).await.unwrap()
+    http1_client()
+        .request(request.body(full("")).unwrap())
+        .await
+        .unwrap()
 }
 
 fn only<'a>(spans: &'a [ReceivedSpan], trace_id: &str) -> &'a ReceivedSpan {
@@ -87,7 +96,16 @@ async fn a_valid_parent_is_continued_with_its_tracestate() {
     let proxy = start_proxy(&config(&receiver, "inbound", upstream.addr, "", "")).await;
     let addr = proxy.listener_addr("main").unwrap();
 
-    let response = send(addr, "/a", &[("traceparent", PARENT), ("tracestate", "congo=t61rcWkgMzE"), ("tracestate", "rojo=00f067aa0ba902b7")]).await;
+    let response = send(
+        addr,
+        "/a",
+        &[
+            ("traceparent", PARENT),
+            ("tracestate", "congo=t61rcWkgMzE"),
+            ("tracestate", "rojo=00f067aa0ba902b7"),
+        ],
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let spans = receiver.wait_for_spans(1).await;
     let span = only(&spans, "0af7651916cd43dd8448eb211c80319c");
@@ -99,7 +117,10 @@ async fn a_valid_parent_is_continued_with_its_tracestate() {
         format!("00-0af7651916cd43dd8448eb211c80319c-{}-01", span.span_id).as_str()
     );
     // Several tracestate lines are combined in order and passed on unchanged.
-    assert_eq!(forwarded["tracestate"], "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
+    assert_eq!(
+        forwarded["tracestate"],
+        "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    );
     assert_eq!(forwarded.get_all("traceparent").iter().count(), 1);
     assert_eq!(
         response.headers()["traceresponse"],
@@ -112,13 +133,29 @@ async fn a_valid_parent_is_continued_with_its_tracestate() {
 async fn missing_or_invalid_context_starts_a_new_trace_without_tracestate() {
     let receiver = Receiver::start().await;
     let (upstream, seen) = recording_upstream().await;
-    let proxy = start_proxy(&config(&receiver, "inbound", upstream.addr, "trace_id_header = \"x-trace-id\"", "")).await;
+    let proxy = start_proxy(&config(
+        &receiver,
+        "inbound",
+        upstream.addr,
+        "trace_id_header = \"x-trace-id\"",
+        "",
+    ))
+    .await;
     let addr = proxy.listener_addr("main").unwrap();
 
     let invalid = [
-        vec![("traceparent", "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01")],
-        vec![("traceparent", "00-00000000000000000000000000000000-b7ad6b7169203331-01")],
-        vec![("traceparent", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")],
+        vec![(
+            "traceparent",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        )],
+        vec![(
+            "traceparent",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        )],
+        vec![(
+            "traceparent",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )],
         vec![("traceparent", PARENT), ("traceparent", PARENT)],
         vec![],
     ];
@@ -127,7 +164,12 @@ async fn missing_or_invalid_context_starts_a_new_trace_without_tracestate() {
         let mut with_state = headers.clone();
         with_state.push(("tracestate", "congo=t61rcWkgMzE"));
         let response = send(addr, "/b", &with_state).await;
-        trace_ids.push(response.headers()["x-trace-id"].to_str().unwrap().to_string());
+        trace_ids.push(
+            response.headers()["x-trace-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     let spans = receiver.wait_for_spans(invalid.len()).await;
     let forwarded = seen.lock().unwrap().clone();
@@ -136,10 +178,16 @@ async fn missing_or_invalid_context_starts_a_new_trace_without_tracestate() {
         let span = only(&spans, trace_id);
         assert_eq!(span.parent_span_id, "", "case {i}: a new root");
         assert!(
-            forwarded[i]["traceparent"].to_str().unwrap().starts_with(&format!("00-{trace_id}-")),
+            forwarded[i]["traceparent"]
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("00-{trace_id}-")),
             "case {i}"
         );
-        assert!(forwarded[i].get("tracestate").is_none(), "case {i}: tracestate dropped");
+        assert!(
+            forwarded[i].get("tracestate").is_none(),
+            "case {i}: tracestate dropped"
+        );
     }
     proxy.shutdown().await;
 }
@@ -154,24 +202,49 @@ async fn an_unsampled_parent_exports_nothing_and_forwards_flag_00() {
     let unsampled = "00-11111111111111111111111111111111-2222222222222222-00";
     let response = send(addr, "/u", &[("traceparent", unsampled)]).await;
     assert_eq!(response.status(), 200);
-    let sent = seen.lock().unwrap()[0]["traceparent"].to_str().unwrap().to_string();
-    assert!(sent.starts_with("00-11111111111111111111111111111111-"), "{sent}");
+    let sent = seen.lock().unwrap()[0]["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        sent.starts_with("00-11111111111111111111111111111111-"),
+        "{sent}"
+    );
     assert!(sent.ends_with("-00"), "{sent}");
-    assert!(!sent.contains("2222222222222222"), "parent-id is this hop's span: {sent}");
-    assert!(response.headers()["traceresponse"].to_str().unwrap().ends_with("-00"));
+    assert!(
+        !sent.contains("2222222222222222"),
+        "parent-id is this hop's span: {sent}"
+    );
+    assert!(
+        response.headers()["traceresponse"]
+            .to_str()
+            .unwrap()
+            .ends_with("-00")
+    );
 
     // A sampled request after it: once its spans (SERVER + CLIENT) arrive, the unsampled
     // request's would have too (one queue, in order).
     send(addr, "/s", &[("traceparent", PARENT)]).await;
     let spans = receiver.wait_for_spans(2).await;
-    assert!(spans.iter().all(|s| s.trace_id == "0af7651916cd43dd8448eb211c80319c"), "{spans:#?}");
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.trace_id == "0af7651916cd43dd8448eb211c80319c"),
+        "{spans:#?}"
+    );
     // Gateway: SERVER span with the CLIENT span as its child.
     let server = spans.iter().find(|s| s.kind == 2).unwrap();
     let client = spans.iter().find(|s| s.kind == 3).unwrap();
     assert_eq!(server.parent_span_id, "b7ad6b7169203331");
     assert_eq!(client.parent_span_id, server.span_id);
-    let sent = seen.lock().unwrap()[1]["traceparent"].to_str().unwrap().to_string();
-    assert_eq!(sent, format!("00-0af7651916cd43dd8448eb211c80319c-{}-01", client.span_id));
+    let sent = seen.lock().unwrap()[1]["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        sent,
+        format!("00-0af7651916cd43dd8448eb211c80319c-{}-01", client.span_id)
+    );
     proxy.shutdown().await;
 }
 
@@ -179,12 +252,29 @@ async fn an_unsampled_parent_exports_nothing_and_forwards_flag_00() {
 async fn sampling_ratio_zero_and_untraced_routes() {
     let receiver = Receiver::start().await;
     let (upstream, seen) = recording_upstream().await;
-    let proxy = start_proxy(&config(&receiver, "inbound", upstream.addr, "sampling_ratio = 0.0", "")).await;
+    let proxy = start_proxy(&config(
+        &receiver,
+        "inbound",
+        upstream.addr,
+        "sampling_ratio = 0.0",
+        "",
+    ))
+    .await;
     let addr = proxy.listener_addr("main").unwrap();
     let response = send(addr, "/new-root", &[]).await;
     // Not sampled: still a context for the upstream, flagged 00.
-    assert!(response.headers()["traceresponse"].to_str().unwrap().ends_with("-00"));
-    assert!(seen.lock().unwrap()[0]["traceparent"].to_str().unwrap().ends_with("-00"));
+    assert!(
+        response.headers()["traceresponse"]
+            .to_str()
+            .unwrap()
+            .ends_with("-00")
+    );
+    assert!(
+        seen.lock().unwrap()[0]["traceparent"]
+            .to_str()
+            .unwrap()
+            .ends_with("-00")
+    );
     // A sampled parent is still followed (parent-based).
     send(addr, "/child", &[("traceparent", PARENT)]).await;
     // The health-check route has tracing off: headers pass untouched, no span, no traceresponse.
@@ -198,10 +288,22 @@ async fn sampling_ratio_zero_and_untraced_routes() {
 
     // A route may override the ratio.
     let receiver = Receiver::start().await;
-    let proxy = start_proxy(&config(&receiver, "inbound", upstream.addr, "sampling_ratio = 1.0", "sampling_ratio = 0.0")).await;
+    let proxy = start_proxy(&config(
+        &receiver,
+        "inbound",
+        upstream.addr,
+        "sampling_ratio = 1.0",
+        "sampling_ratio = 0.0",
+    ))
+    .await;
     let addr = proxy.listener_addr("main").unwrap();
     let response = send(addr, "/x", &[]).await;
-    assert!(response.headers()["traceresponse"].to_str().unwrap().ends_with("-00"));
+    assert!(
+        response.headers()["traceresponse"]
+            .to_str()
+            .unwrap()
+            .ends_with("-00")
+    );
     proxy.shutdown().await;
 }
 
@@ -239,7 +341,14 @@ async fn failures_record_spans_with_error_type() {
     assert_eq!(send(addr, "/slow", &[]).await.status(), 504);
     // No route (the only routes are on other hosts): 404, no_route.
     proxy.shutdown().await;
-    let proxy = start_proxy(&config(&receiver, "inbound", slow.addr, "", "host = \"elsewhere\"")).await;
+    let proxy = start_proxy(&config(
+        &receiver,
+        "inbound",
+        slow.addr,
+        "",
+        "host = \"elsewhere\"",
+    ))
+    .await;
     let addr = proxy.listener_addr("main").unwrap();
     let response = send(addr, "/nowhere", &[]).await;
     assert_eq!(response.status(), 404);
@@ -251,7 +360,11 @@ async fn failures_record_spans_with_error_type() {
     let find = |path: &str, kind: i32| -> ReceivedSpan {
         spans
             .iter()
-            .find(|s| s.kind == kind && (s.attr_str("url.path") == Some(path) || s.attr_str("url.full").is_some_and(|u| u.ends_with(path))))
+            .find(|s| {
+                s.kind == kind
+                    && (s.attr_str("url.path") == Some(path)
+                        || s.attr_str("url.full").is_some_and(|u| u.ends_with(path)))
+            })
             .unwrap_or_else(|| panic!("{path}: {spans:#?}"))
             .clone()
     };
@@ -260,7 +373,10 @@ async fn failures_record_spans_with_error_type() {
     assert_eq!(refused_client.status_code, 2);
     let refused_server = find("/pay", 2);
     assert_eq!(refused_server.attr_str("error.type"), Some("connect_error"));
-    assert_eq!(refused_server.attr_i64("http.response.status_code"), Some(502));
+    assert_eq!(
+        refused_server.attr_i64("http.response.status_code"),
+        Some(502)
+    );
     assert_eq!(refused_server.status_code, 2);
     let timeout = find("/slow", 2);
     assert_eq!(timeout.attr_str("error.type"), Some("timeout"));
@@ -275,7 +391,11 @@ async fn failures_record_spans_with_error_type() {
 async fn header_capture_4xx_status_and_connection_reuse() {
     let receiver = Receiver::start().await;
     let upstream = serve(|req: Request<Incoming>| async move {
-        let status = if req.uri().path() == "/missing" { 404 } else { 200 };
+        let status = if req.uri().path() == "/missing" {
+            404
+        } else {
+            200
+        };
         http::Response::builder()
             .status(status)
             .header("x-app-version", "7")
@@ -286,26 +406,50 @@ async fn header_capture_4xx_status_and_connection_reuse() {
     let capture = "capture_request_headers = [\"x-request-id\"]\ncapture_response_headers = [\"x-app-version\"]";
     let proxy = start_proxy(&config(&receiver, "gateway", upstream.addr, capture, "")).await;
     let addr = proxy.listener_addr("main").unwrap();
-    send(addr, "/found", &[("x-request-id", "r-1"), ("authorization", "Bearer secret")]).await;
+    send(
+        addr,
+        "/found",
+        &[("x-request-id", "r-1"), ("authorization", "Bearer secret")],
+    )
+    .await;
     send(addr, "/missing", &[]).await;
     let spans = receiver.wait_for_spans(4).await;
     let span = |path: &str, kind: i32| {
         spans
             .iter()
-            .find(|s| s.kind == kind && s.attributes.values().any(|v| v.as_str().is_some_and(|u| u.ends_with(path))))
+            .find(|s| {
+                s.kind == kind
+                    && s.attributes
+                        .values()
+                        .any(|v| v.as_str().is_some_and(|u| u.ends_with(path)))
+            })
             .unwrap_or_else(|| panic!("{path}"))
             .clone()
     };
     let server = span("/found", 2);
-    assert_eq!(server.attributes["http.request.header.x-request-id"], serde_json::json!(["r-1"]));
-    assert_eq!(server.attributes["http.response.header.x-app-version"], serde_json::json!(["7"]));
-    assert!(!server.attributes.keys().any(|k| k.contains("authorization")));
+    assert_eq!(
+        server.attributes["http.request.header.x-request-id"],
+        serde_json::json!(["r-1"])
+    );
+    assert_eq!(
+        server.attributes["http.response.header.x-app-version"],
+        serde_json::json!(["7"])
+    );
+    assert!(
+        !server
+            .attributes
+            .keys()
+            .any(|k| k.contains("authorization"))
+    );
     // 4xx: an error on the CLIENT span, unset on the SERVER span.
     assert_eq!(span("/missing", 3).status_code, 2);
     assert_eq!(span("/missing", 2).status_code, 0);
     // The second request reused the first one's pooled connection.
     let reuse = span("/missing", 3);
-    assert_eq!(reuse.events[0].2.get("hoptrace.connection"), Some(&serde_json::json!("reused")));
+    assert_eq!(
+        reuse.events[0].2.get("hoptrace.connection"),
+        Some(&serde_json::json!("reused"))
+    );
     proxy.shutdown().await;
 }
 
@@ -367,7 +511,11 @@ endpoints = ["{}"]
             let stats = stats.clone();
             async move {
                 let [started, exported, dropped, failed] = stats.snapshot();
-                started == 200 && exported == 0 && dropped > 0 && failed > 0 && dropped + failed == started
+                started == 200
+                    && exported == 0
+                    && dropped > 0
+                    && failed > 0
+                    && dropped + failed == started
             }
         })
         .await;

@@ -18,7 +18,7 @@ use crate::config::{Config, ExporterKind};
 use crate::trace::span::SpanRecord;
 
 enum Backend {
-    Otlp(opentelemetry_otlp::SpanExporter),
+    Otlp(Box<opentelemetry_otlp::SpanExporter>),
     Stdout,
 }
 
@@ -70,7 +70,9 @@ pub fn spawn(config: &Config) -> Result<(SpanSink, ExportTask), ExporterError> {
             ));
         }
         ExporterKind::Stdout => Backend::Stdout,
-        ExporterKind::Otlp => Backend::Otlp(otlp::build(&tracing.otlp, &resource(config))?),
+        ExporterKind::Otlp => {
+            Backend::Otlp(Box::new(otlp::build(&tracing.otlp, &resource(config))?))
+        }
     };
     let (tx, rx) = mpsc::channel(tracing.queue_size.max(1));
     let stats = Arc::new(ExportStats::default());

@@ -43,16 +43,7 @@ pub async fn handle(
             headers: req.headers(),
         })
     });
-    let mut hop = Hop::start(
-        ctx.role,
-        &ctx.sink,
-        &snapshot,
-        route.map(|r| (&r.template, r.tracing, r.sampling_ratio)),
-        &req,
-        conn,
-        started,
-        wall,
-    );
+    let mut hop = Hop::start(&ctx, &snapshot, route, &req, conn, started, wall);
     let method = req.method().clone();
     let result = match route {
         _ if req.method() == Method::CONNECT => Err(ProxyError::ConnectMethod),

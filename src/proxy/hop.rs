@@ -19,8 +19,10 @@ use hyper_util::client::legacy::connect::{CaptureConnection, capture_connection}
 
 use super::connector::conn_meta;
 use super::error::ProxyError;
-use super::listener::ConnInfo;
+use super::listener::{ConnInfo, ListenerCtx};
+use super::route::Route;
 use super::snapshot::Snapshot;
+use super::upstream::Upstream;
 use crate::config::{Config, Role};
 use crate::export::SpanSink;
 use crate::trace::context::{SpanId, TraceFlags, TraceId, TraceParent, extract};
@@ -78,18 +80,18 @@ impl Hop {
     /// `wall` are the same moment on the monotonic and the wall clock: spans get their wall
     /// start from `wall` and every later time as a monotonic offset from `started`.
     pub fn start(
-        role: Role,
-        sink: &SpanSink,
+        ctx: &ListenerCtx,
         snapshot: &Snapshot,
-        route: Option<(&Arc<str>, bool, Option<f64>)>,
+        route: Option<&Route<Arc<Upstream>>>,
         req: &Request<Incoming>,
         conn: ConnInfo,
         started: Instant,
         wall: SystemTime,
     ) -> Option<Hop> {
+        let (role, sink) = (ctx.role, &ctx.sink);
         let (template, sampling_ratio) = match route {
-            Some((_, false, _)) => return None,
-            Some((template, true, ratio)) => (Some(template.clone()), ratio),
+            Some(route) if !route.tracing => return None,
+            Some(route) => (Some(route.template.clone()), route.sampling_ratio),
             None => (None, None),
         };
         let tracing = &snapshot.config.tracing;
