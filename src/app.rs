@@ -150,7 +150,11 @@ impl Running {
         let grace = self.shared.load().config.shutdown.grace;
         self.export.shutdown(grace.max(EXPORT_FLUSH_MIN)).await;
         let [started, exported, dropped, failed] = self.sink.stats().snapshot();
-        info!(started, exported, dropped, failed, "span export finished");
+        let rejected = crate::export::rejected_spans();
+        info!(
+            started,
+            exported, dropped, failed, rejected, "span export finished"
+        );
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
         info!("all listeners drained");

@@ -75,15 +75,24 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    // The partial-success counter sees the OTLP exporter's events whatever RUST_LOG says.
+    let partial = hoptrace::export::PartialSuccessLayer.with_filter(
+        tracing_subscriber::filter::filter_fn(|meta| meta.name().ends_with(".PartialSuccess")),
+    );
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(partial)
+        .init();
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

@@ -6,6 +6,7 @@
 mod batcher;
 mod convert;
 mod otlp;
+mod partial;
 mod stdout;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::trace::span::SpanRecord;
 
 pub use self::batcher::{ExportTask, spawn};
 pub use self::otlp::ExporterError;
+pub use self::partial::{PartialSuccessLayer, rejected_spans};
 
 /// Counters of the export pipeline, shared with whoever reports them (logs, metrics).
 #[derive(Debug, Default)]

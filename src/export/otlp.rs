@@ -79,8 +79,15 @@ pub fn build(
                 .iter()
                 .map(|(name, value)| (name.clone(), value.0.clone()))
                 .collect();
+            let client = super::partial::CheckingClient {
+                inner: opentelemetry_http::hyper::HyperClient::with_default_connector(
+                    config.timeout,
+                    None,
+                ),
+            };
             let mut builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .with_http_client(client)
                 .with_endpoint(endpoint)
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_timeout(config.timeout)

@@ -1,0 +1,115 @@
+//! Export behaviour against a real OTLP receiver: retryable failures are retried until the
+//! spans arrive, non-retryable ones are counted as failed, and partial success is counted,
+//! over both gRPC and HTTP/protobuf.
+
+mod common;
+
+use std::time::Duration;
+
+use common::otlp::{Failure, Receiver};
+use common::*;
+use tracing_subscriber::layer::SubscriberExt as _;
+
+fn config(endpoint: &str, protocol: &str, upstream: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[service]
+name = "export-test"
+[admin]
+bind = "127.0.0.1:0"
+[tracing]
+batch_delay = "10ms"
+[tracing.otlp]
+protocol = "{protocol}"
+endpoint = "{endpoint}"
+timeout = "5s"
+[[listeners]]
+name = "main"
+bind = "127.0.0.1:0"
+role = "inbound"
+[[routes]]
+listener = "main"
+upstream = "app"
+[upstreams.app]
+endpoints = ["{upstream}"]
+"#
+    )
+}
+
+fn endpoints(receiver: &Receiver) -> [(&'static str, String); 2] {
+    [
+        ("grpc", receiver.grpc_url()),
+        ("http/protobuf", receiver.http_url()),
+    ]
+}
+
+#[tokio::test]
+async fn retryable_failures_are_retried_and_others_counted() {
+    let upstream = echo_server("app").await;
+    for protocol in ["grpc", "http/protobuf"] {
+        let receiver = Receiver::start().await;
+        let endpoint = endpoints(&receiver)
+            .into_iter()
+            .find(|(p, _)| *p == protocol)
+            .unwrap()
+            .1;
+        let proxy = start_proxy(&config(&endpoint, protocol, upstream.addr)).await;
+        let addr = proxy.listener_addr("main").unwrap();
+
+        // Two UNAVAILABLE / 503 answers, then success: the span still arrives.
+        receiver.set_failures(2, Failure::Unavailable);
+        get(&http1_client(), format!("http://{addr}/retried")).await;
+        let spans = receiver.wait_for_spans(1).await;
+        assert_eq!(
+            spans[0].attr_str("url.path"),
+            Some("/retried"),
+            "{protocol}"
+        );
+        assert_eq!(receiver.failed_requests(), 2, "{protocol}");
+        let stats = proxy.span_sink().stats().clone();
+        assert_eq!(stats.snapshot()[1], 1, "{protocol}: exported");
+
+        // A non-retryable answer: the batch is lost and counted, not retried.
+        receiver.set_failures(1, Failure::Internal);
+        get(&http1_client(), format!("http://{addr}/rejected")).await;
+        wait_until("failed counted", Duration::from_secs(20), || {
+            let stats = stats.clone();
+            async move { stats.snapshot()[3] == 1 }
+        })
+        .await;
+        assert_eq!(receiver.failed_requests(), 3, "{protocol}: no retry");
+        assert_eq!(receiver.spans().len(), 1, "{protocol}");
+        proxy.shutdown().await;
+    }
+}
+
+// Single-threaded, so the partial-success log event of the gRPC exporter reaches this
+// test's subscriber (installed for this thread only).
+#[tokio::test(flavor = "current_thread")]
+async fn partial_success_is_logged_and_counted() {
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(hoptrace::export::PartialSuccessLayer),
+    );
+    let upstream = echo_server("app").await;
+    for protocol in ["grpc", "http/protobuf"] {
+        let receiver = Receiver::start().await;
+        receiver.set_partial_success(3, "over quota");
+        let endpoint = endpoints(&receiver)
+            .into_iter()
+            .find(|(p, _)| *p == protocol)
+            .unwrap()
+            .1;
+        let proxy = start_proxy(&config(&endpoint, protocol, upstream.addr)).await;
+        let addr = proxy.listener_addr("main").unwrap();
+        let before = hoptrace::export::rejected_spans();
+        get(&http1_client(), format!("http://{addr}/partial")).await;
+        receiver.wait_for_spans(1).await;
+        wait_until(
+            "partial success counted",
+            Duration::from_secs(20),
+            || async move { hoptrace::export::rejected_spans() == before + 3 },
+        )
+        .await;
+        proxy.shutdown().await;
+    }
+}
