@@ -22,11 +22,10 @@ pub enum ExporterError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "tracing.otlp.endpoint {endpoint}: https is supported with protocol = \"grpc\"; \
-         the http/protobuf exporter speaks plain http only"
-    )]
-    HttpsOverHttp { endpoint: String },
+    #[error("tracing.otlp.ca_file {path}: no PEM certificate in it")]
+    NoCertificate { path: std::path::PathBuf },
+    #[error("tracing.otlp: cannot set up TLS: {0}")]
+    Tls(String),
     #[error("tracing.otlp: cannot build the OTLP exporter: {0}")]
     Build(#[from] opentelemetry_otlp::ExporterBuildError),
 }
@@ -71,16 +70,14 @@ pub fn build(
             builder.build()?
         }
         OtlpProtocol::HttpProtobuf => {
-            if https {
-                return Err(ExporterError::HttpsOverHttp { endpoint });
-            }
             let headers: HashMap<String, String> = config
                 .headers
                 .iter()
                 .map(|(name, value)| (name.clone(), value.0.clone()))
                 .collect();
             let client = super::partial::CheckingClient {
-                inner: opentelemetry_http::hyper::HyperClient::with_default_connector(
+                inner: opentelemetry_http::hyper::HyperClient::new(
+                    https_connector(config.ca_file.as_deref())?,
                     config.timeout,
                     None,
                 ),
@@ -100,4 +97,51 @@ pub fn build(
     };
     exporter.set_resource(resource);
     Ok(exporter)
+}
+
+/// A connector for `http` and `https` collector URLs: rustls with the ring provider,
+/// trusting `ca_file` when given, else the system's roots.
+fn https_connector(
+    ca_file: Option<&std::path::Path>,
+) -> Result<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    ExporterError,
+> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ExporterError::Tls(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| ExporterError::CaFile {
+                path: path.to_owned(),
+                source,
+            })?;
+            for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
+                roots
+                    .add(cert)
+                    .map_err(|e| ExporterError::Tls(format!("{}: {e}", path.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(ExporterError::NoCertificate {
+                    path: path.to_owned(),
+                });
+            }
+        }
+        None => {
+            // Unreadable system certificates are skipped, like every TLS client does.
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    let tls = builder.with_root_certificates(roots).with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build())
 }
