@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 
-use super::{TestBody, TestServer, full, serve};
+use super::{TestBody, TestServer, full, serve_maybe_tls};
 
 /// How the next requests fail (see [`Receiver::set_failures`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +152,8 @@ impl State {
 pub struct Receiver {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Whether both servers speak TLS (see [`Receiver::start_tls`]).
+    tls: bool,
     state: Arc<State>,
     grpc_task: JoinHandle<()>,
     _http_server: TestServer,
@@ -185,15 +187,33 @@ impl TraceService for Grpc {
 }
 
 impl Receiver {
+    /// A plain-text receiver: `http://127.0.0.1:PORT` URLs.
     pub async fn start() -> Receiver {
+        Receiver::start_with(None).await
+    }
+
+    /// A receiver whose two servers speak TLS with this certificate and key (PEM);
+    /// its URLs are `https://localhost:PORT`.
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Receiver {
+        Receiver::start_with(Some((cert_pem, key_pem))).await
+    }
+
+    async fn start_with(tls: Option<(&str, &str)>) -> Receiver {
         let state = Arc::new(State::default());
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_addr = listener.local_addr().unwrap();
         let service = TraceServiceServer::new(Grpc(state.clone()))
             .accept_compressed(CompressionEncoding::Gzip);
+        let mut server = tonic::transport::Server::builder();
+        if let Some((cert, key)) = tls {
+            let identity = tonic::transport::Identity::from_pem(cert, key);
+            server = server
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap();
+        }
         let grpc_task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            server
                 .add_service(service)
                 .serve_with_incoming(TcpIncoming::from(listener))
                 .await
@@ -201,15 +221,19 @@ impl Receiver {
         });
 
         let http_state = state.clone();
-        let http_server = serve(move |req: Request<Incoming>| {
-            let state = http_state.clone();
-            async move { http_export(&state, req).await }
-        })
+        let http_server = serve_maybe_tls(
+            move |req: Request<Incoming>| {
+                let state = http_state.clone();
+                async move { http_export(&state, req).await }
+            },
+            tls.map(|(cert, key)| tls_acceptor(cert, key)),
+        )
         .await;
 
         Receiver {
             grpc_addr,
             http_addr: http_server.addr,
+            tls: tls.is_some(),
             state,
             grpc_task,
             _http_server: http_server,
@@ -267,15 +291,45 @@ impl Receiver {
         self.state.headers.lock().unwrap().clone()
     }
 
-    /// The gRPC endpoint, e.g. for `with_endpoint`: "http://127.0.0.1:PORT".
+    /// The gRPC endpoint, e.g. for `with_endpoint`: "http://127.0.0.1:PORT", or
+    /// "https://localhost:PORT" for a TLS receiver (the name its certificate is for).
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        self.base_url(self.grpc_addr)
     }
 
-    /// The full OTLP/HTTP traces URL: "http://127.0.0.1:PORT/v1/traces".
+    /// The full OTLP/HTTP traces URL: "http://127.0.0.1:PORT/v1/traces", or
+    /// "https://localhost:PORT/v1/traces" for a TLS receiver.
     pub fn http_url(&self) -> String {
-        format!("http://{}/v1/traces", self.http_addr)
+        format!("{}/v1/traces", self.base_url(self.http_addr))
     }
+
+    fn base_url(&self, addr: SocketAddr) -> String {
+        if self.tls {
+            format!("https://localhost:{}", addr.port())
+        } else {
+            format!("http://{addr}")
+        }
+    }
+}
+
+/// A TLS acceptor (rustls, ring provider) serving this certificate chain and key (PEM).
+fn tls_acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 fn protobuf_response(status: StatusCode, body: Vec<u8>) -> Response<TestBody> {
