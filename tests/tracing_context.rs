@@ -523,3 +523,84 @@ endpoints = ["{}"]
         proxy.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn mid_response_failures_end_the_span_with_their_cause() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    let receiver = Receiver::start().await;
+    let release = Gate::default();
+    let gate = release.clone();
+    // /reset: one chunk; once the client has it, the body fails (hyper aborts the connection).
+    // /stall: one chunk, then waits; the client leaves meanwhile.
+    let upstream = serve(move |req: Request<Incoming>| {
+        let gate = gate.clone();
+        async move {
+            let reset = req.uri().path() == "/reset";
+            let stream = futures_util::stream::unfold(0u8, move |step| {
+                let gate = gate.clone();
+                async move {
+                    match step {
+                        0 => Some((
+                            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"first"))),
+                            1,
+                        )),
+                        1 if reset => {
+                            gate.notified().await;
+                            Some((Err::<Frame<Bytes>, BoxError>("upstream died".into()), 2))
+                        }
+                        1 => {
+                            gate.notified().await;
+                            None
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            http::Response::new(StreamBody::new(stream).boxed())
+        }
+    })
+    .await;
+    let proxy = start_proxy(&config(&receiver, "inbound", upstream.addr, "", "")).await;
+    let addr = proxy.listener_addr("main").unwrap();
+
+    let response = send(addr, "/reset", &[]).await;
+    assert_eq!(response.status(), 200, "headers were already sent");
+    let mut body = response.into_body();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "first"
+    );
+    release.notify_one();
+    assert!(
+        body.collect().await.is_err(),
+        "the stream is aborted, not completed"
+    );
+
+    let response = send(addr, "/stall", &[]).await;
+    let mut body = response.into_body();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "first"
+    );
+    drop(body); // the client goes away mid-response
+
+    let spans = receiver.wait_for_spans(2).await;
+    let by_path = |path: &str| {
+        spans
+            .iter()
+            .find(|s| s.attr_str("url.path") == Some(path))
+            .unwrap()
+            .clone()
+    };
+    let reset = by_path("/reset");
+    assert_eq!(reset.attr_str("error.type"), Some("upstream_reset"));
+    assert_eq!(reset.status_code, 2);
+    let gone = by_path("/stall");
+    assert_eq!(gone.attr_str("error.type"), Some("client_closed"));
+    assert_eq!(gone.status_code, 2);
+    release.notify_waiters();
+    proxy.shutdown().await;
+}

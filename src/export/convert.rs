@@ -259,6 +259,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_in_the_target_never_reach_url_full() {
+        use crate::trace::context::{SpanId, TraceFlags, TraceId};
+        let span = SpanRecord {
+            kind: SpanKind::Client,
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            parent_span_id: None,
+            parent_is_remote: false,
+            flags: TraceFlags(1),
+            tracestate: None,
+            start: std::time::SystemTime::UNIX_EPOCH,
+            duration: std::time::Duration::ZERO,
+            method: http::Method::GET,
+            route: None,
+            target: "http://alice:s3cret@pay.internal:8080/charge?api_key=k&x=1"
+                .parse()
+                .unwrap(),
+            host: None,
+            scheme: "http",
+            version: http::Version::HTTP_11,
+            client_addr: "127.0.0.1:1".parse().unwrap(),
+            local_addr: "127.0.0.1:2".parse().unwrap(),
+            user_agent: None,
+            peer: None,
+            status: Some(200),
+            error_type: None,
+            resend_count: 0,
+            connection: None,
+            first_byte: None,
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            redact_query_keys: vec!["api_key".to_string()].into(),
+        };
+        let attrs = attributes(&span);
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(
+            get("url.full").as_deref(),
+            Some("http://pay.internal:8080/charge?api_key=REDACTED&x=1")
+        );
+        assert_eq!(get("server.address").as_deref(), Some("pay.internal"));
+        assert!(
+            attrs
+                .iter()
+                .all(|kv| !kv.value.to_string().contains("s3cret"))
+        );
+    }
+
+    #[test]
     fn sensitive_query_values_are_redacted() {
         let keys = vec!["token".to_string(), "sig".to_string()];
         assert_eq!(
