@@ -250,9 +250,10 @@ endpoints = ["127.0.0.1:{server_port}"]
     assert!(
         hop.start_unix_nano >= client.start_unix_nano && hop.end_unix_nano <= client.end_unix_nano
     );
-    assert!(
-        server.start_unix_nano >= hop.start_unix_nano && server.end_unix_nano <= hop.end_unix_nano
-    );
+    // Only the start is ordered: the Python server ends its span after writing the response
+    // (server.py), while hoptrace ends its span when it hands the last byte on, so the Python
+    // span may end a little after hoptrace's.
+    assert!(server.start_unix_nano >= hop.start_unix_nano);
 
     // The Python server received hoptrace's context, with the client's flags kept as they
     // were (this SDK sends 03: sampled plus Level 2's random-trace-id bit).
