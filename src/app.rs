@@ -11,12 +11,22 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::admin::{self, AdminState};
+use std::path::Path;
+
 use crate::config::Config;
 use crate::export::{ExportTask, SpanSink};
 use crate::proxy::{self, ListenerCtx, Shared, Snapshot};
+use crate::reload::{Reloader, Trigger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] crate::config::LoadError),
+    #[error("cannot watch the config file's directory {path}: {source}")]
+    Watch {
+        path: std::path::PathBuf,
+        source: notify::Error,
+    },
     #[error(transparent)]
     Exporter(#[from] crate::export::ExporterError),
     #[error("{what} {addr}: cannot bind: {source}")]
@@ -44,10 +54,64 @@ pub struct Running {
     admin_task: JoinHandle<()>,
     sink: SpanSink,
     export: ExportTask,
+    reloader: Option<Arc<Reloader>>,
+}
+
+/// Loads `path` (file and `OTEL_*` environment) and starts serving it, with `POST /reload`
+/// on the admin listener and, when `watch` is true, a reload whenever the file's directory
+/// changes (debounced).
+pub async fn start_from_file(path: &Path, watch: bool) -> Result<Running, StartError> {
+    let config = Config::load(path)?;
+    let mut running = start(config).await?;
+    let reloader = Arc::new(Reloader::new(path.to_owned(), running.shared.clone()));
+    running.reloader = Some(reloader.clone());
+    running.admin.reloader.set(reloader.clone()).ok();
+    if watch {
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let watcher = crate::config::watch::watch(path, changed.clone()).map_err(|source| {
+            StartError::Watch {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let stop = running.stop.subscribe();
+        running.tasks.push(tokio::spawn(reload_on_change(
+            watcher, changed, reloader, stop,
+        )));
+        info!(path = %path.display(), "watching the config file for changes");
+    }
+    Ok(running)
+}
+
+/// How long the directory must stay quiet after a change before reloading: editors and
+/// `kubectl` write in bursts.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(100);
+
+async fn reload_on_change(
+    _watcher: crate::config::watch::ConfigWatcher,
+    changed: Arc<tokio::sync::Notify>,
+    reloader: Arc<Reloader>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = crate::stopped(&mut stop) => return,
+        }
+        // Wait for a quiet period, then reload once for the whole burst.
+        loop {
+            tokio::select! {
+                _ = changed.notified() => continue,
+                _ = tokio::time::sleep(DEBOUNCE) => break,
+            }
+        }
+        reloader.reload(Trigger::File).await;
+    }
 }
 
 /// Binds every listener and the admin socket (all or none: the first failure is returned and
-/// nothing is served), then serves them on the current tokio runtime.
+/// nothing is served), then serves them on the current tokio runtime. Without a file there
+/// is nothing to reload from; see `start_from_file`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let bind = |what: String, addr: SocketAddr| async move {
@@ -108,6 +172,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_task,
         sink,
         export,
+        reloader: None,
     })
 }
 
@@ -126,6 +191,11 @@ impl Running {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The reloader, when started from a file.
+    pub fn reloader(&self) -> Option<&Arc<Reloader>> {
+        self.reloader.as_ref()
     }
 
     /// The span sink (for its counters).

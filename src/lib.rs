@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod export;
 pub mod proxy;
+pub mod reload;
 pub mod trace;
 
 /// Resolves once `stop` holds `true` (or its sender is gone). The guard `wait_for` returns is

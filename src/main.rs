@@ -35,8 +35,10 @@ struct Cli {
 enum Command {
     /// Serve the listeners a config file defines until SIGTERM or SIGINT.
     ///
-    /// The first signal stops accepting connections and lets in-flight requests finish for
-    /// up to `[shutdown] grace` (default 30s); a second signal exits at once.
+    /// The config is reloaded, all or nothing, when its file changes, on SIGHUP, and on
+    /// `POST /reload` to the admin listener. The first SIGTERM/SIGINT stops accepting
+    /// connections and lets in-flight requests finish for up to `[shutdown] grace`
+    /// (default 30s); a second signal exits at once.
     Run {
         /// Path of the TOML config file.
         #[arg(long, short, env = "HOPTRACE_CONFIG")]
@@ -44,6 +46,10 @@ enum Command {
         /// Worker threads of the async runtime (default: one per CPU core).
         #[arg(long, env = "HOPTRACE_THREADS")]
         threads: Option<usize>,
+        /// Do not reload when the config file changes (SIGHUP and `POST /reload` on the
+        /// admin listener still reload).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a config file and exit: 0 when valid, 1 with every error listed when not.
     Check {
@@ -64,7 +70,11 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, threads } => match run(&config, threads) {
+        Command::Run {
+            config,
+            threads,
+            no_watch,
+        } => match run(&config, threads, !no_watch) {
             Ok(code) => code,
             Err(err) => {
                 error!("{err:#}");
@@ -114,14 +124,12 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<ExitCode> {
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("{err}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
+fn run(path: &std::path::Path, threads: Option<usize>, watch: bool) -> anyhow::Result<ExitCode> {
+    // Validate before starting anything, so a bad file prints its errors and nothing else.
+    if let Err(err) = Config::load(path) {
+        eprintln!("{err}");
+        return Ok(ExitCode::FAILURE);
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = threads {
         runtime.worker_threads(threads.max(1));
@@ -130,14 +138,22 @@ fn run(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<ExitCod
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(path, watch))
 }
 
-async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+async fn serve(path: &std::path::Path, watch: bool) -> anyhow::Result<ExitCode> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let grace = config.shutdown.grace;
-    let running = hoptrace::app::start(config).await?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let running = hoptrace::app::start_from_file(path, watch).await?;
+    let grace = running.snapshot().config.shutdown.grace;
+    if let Some(reloader) = running.reloader().cloned() {
+        tokio::spawn(async move {
+            while sighup.recv().await.is_some() {
+                reloader.reload(hoptrace::reload::Trigger::Signal).await;
+            }
+        });
+    }
     info!(version = env!("CARGO_PKG_VERSION"), "hoptrace started");
 
     let first = tokio::select! {

@@ -36,12 +36,17 @@ impl Proxy {
     }
 
     fn spawn_with_env(config: &str, env: &[(&str, String)]) -> Proxy {
+        Proxy::spawn_full(config, env, &[])
+    }
+
+    fn spawn_full(config: &str, env: &[(&str, String)], args: &[&str]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(BIN)
             .args(["--log-format", "json", "run", "--config"])
             .arg(&path)
+            .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
@@ -94,6 +99,10 @@ impl Proxy {
             stdout: out_rx,
             _dir: dir,
         }
+    }
+
+    fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("config.toml")
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -443,4 +452,35 @@ async fn otel_environment_overrides_the_file_and_sigterm_flushes_spans() {
     assert_eq!(span.resource["deployment.environment"], "test");
     assert_eq!(span.resource["team"], "edge");
     assert_eq!(span.transport, "http");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config() {
+    let (a, b) = (echo_server("a").await, echo_server("b").await);
+    // --no-watch: only the signal can apply the change.
+    let proxy = Proxy::spawn_full(&config(a.addr, "5s"), &[], &["--no-watch"]);
+    let addr = proxy.listeners["main"];
+    let served = || async move {
+        let response = get(&http1_client(), format!("http://{addr}/")).await;
+        response.headers()["x-upstream"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(served().await, "a");
+    std::fs::write(proxy.config_path(), config(b.addr, "5s")).unwrap();
+    assert_eq!(
+        served().await,
+        "a",
+        "not watching: nothing changes by itself"
+    );
+    proxy.signal(libc::SIGHUP);
+    let admin = proxy.admin;
+    wait_until("SIGHUP applied", DEADLINE, || async move {
+        let response = get(&http1_client(), format!("http://{admin}/reload")).await;
+        let status = body_json(response).await;
+        status["generation"] == 2 && status["last"]["trigger"] == "signal"
+    })
+    .await;
+    assert_eq!(served().await, "b");
 }

@@ -1,5 +1,6 @@
-//! The admin listener: health endpoints for orchestrators (`/live`, `/ready`).
-//! Separate from the proxy listeners and on loopback by default.
+//! The admin listener: health endpoints for orchestrators (`/live`, `/ready`) and config
+//! reload (`POST /reload` to reload, `GET /reload` for the last outcome). Separate from the
+//! proxy listeners and on loopback by default.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,11 +17,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::reload::{ReloadOutcome, Reloader, Trigger};
+
 /// What the admin endpoints report.
 #[derive(Debug, Default)]
 pub struct AdminState {
     /// Config loaded and every listener bound, and not draining.
     ready: AtomicBool,
+    /// Set when the config came from a file.
+    pub reloader: std::sync::OnceLock<Arc<Reloader>>,
 }
 
 impl AdminState {
@@ -63,6 +68,9 @@ async fn handle(
     state: Arc<AdminState>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/reload" {
+        return Ok(reload(&state, req.method()).await);
+    }
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => (StatusCode::OK, "live\n"),
         (&Method::GET, "/ready") if state.is_ready() => (StatusCode::OK, "ready\n"),
@@ -77,4 +85,42 @@ async fn handle(
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     Ok(response)
+}
+
+/// `POST /reload`: reload now, answer with the outcome (200 applied or unchanged, 400
+/// rejected, 409 restart required). `GET /reload`: generation, failure count, last outcome.
+async fn reload(state: &AdminState, method: &Method) -> Response<Full<Bytes>> {
+    let Some(reloader) = state.reloader.get() else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "not started from a config file: nothing to reload"}),
+        );
+    };
+    match *method {
+        Method::POST => {
+            let outcome = reloader.reload(Trigger::Admin).await;
+            let status = match outcome {
+                ReloadOutcome::Applied { .. } | ReloadOutcome::Unchanged { .. } => StatusCode::OK,
+                ReloadOutcome::Rejected { .. } => StatusCode::BAD_REQUEST,
+                ReloadOutcome::RestartRequired { .. } => StatusCode::CONFLICT,
+            };
+            json(status, &outcome)
+        }
+        Method::GET => json(StatusCode::OK, &reloader.status()),
+        _ => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({"error": "use GET or POST"}),
+        ),
+    }
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }

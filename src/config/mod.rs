@@ -10,6 +10,7 @@ mod env;
 mod error;
 mod raw;
 mod validate;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

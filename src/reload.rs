@@ -1,0 +1,203 @@
+//! The one reload function. Every trigger (file change, SIGHUP, `POST /reload`) calls
+//! `Reloader::reload`, which reads and validates the whole file, compiles a new routing
+//! snapshot (carrying over the connection pools of unchanged upstreams) and swaps it in with
+//! one atomic store, or changes nothing at all. Requests already running finish on the
+//! snapshot they started with.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::proxy::{Shared, Snapshot};
+
+/// What caused a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The config file (or its directory: atomic renames, Kubernetes symlink swaps) changed.
+    File,
+    /// SIGHUP.
+    Signal,
+    /// `POST /reload` on the admin listener.
+    Admin,
+}
+
+/// What a reload did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    /// The new config serves from now on, as this generation.
+    Applied { generation: u64 },
+    /// The file holds the config already serving.
+    Unchanged { generation: u64 },
+    /// The file is invalid (every error listed); the old config keeps serving.
+    Rejected { errors: Vec<String> },
+    /// A field that only a restart can change differs; nothing was applied.
+    RestartRequired { fields: Vec<String> },
+}
+
+/// The last reload, for `GET /reload`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReloadStatus {
+    /// Generation serving now (1 = the config the process started with).
+    pub generation: u64,
+    /// Reloads that were rejected (invalid file), since start.
+    pub failures: u64,
+    pub last: Option<LastReload>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LastReload {
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    pub trigger: Trigger,
+    #[serde(flatten)]
+    pub outcome: ReloadOutcome,
+}
+
+/// Reloads one config file into the shared snapshot. One reload runs at a time.
+#[derive(Debug)]
+pub struct Reloader {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    running: tokio::sync::Mutex<()>,
+    last: std::sync::Mutex<Option<LastReload>>,
+    failures: AtomicU64,
+    /// Unix time (ms) of the last applied reload, 0 before any.
+    last_applied_ms: AtomicU64,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, shared: Arc<Shared>) -> Reloader {
+        Reloader {
+            path,
+            shared,
+            running: tokio::sync::Mutex::new(()),
+            last: std::sync::Mutex::new(None),
+            failures: AtomicU64::new(0),
+            last_applied_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads, validates and applies the config file: all or nothing.
+    pub async fn reload(&self, trigger: Trigger) -> ReloadOutcome {
+        let _one_at_a_time = self.running.lock().await;
+        let path = self.path.clone();
+        // File I/O off the async workers.
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
+        let current = self.shared.load_full();
+        let outcome = match loaded {
+            Err(join) => ReloadOutcome::Rejected {
+                errors: vec![format!("config load task failed: {join}")],
+            },
+            Ok(Err(err)) => ReloadOutcome::Rejected {
+                errors: err.to_string().lines().map(str::to_string).collect(),
+            },
+            Ok(Ok(config)) => self.apply(config, &current),
+        };
+        match &outcome {
+            ReloadOutcome::Applied { generation } => {
+                info!(?trigger, generation, "config reloaded");
+                let now = unix_ms(SystemTime::now());
+                self.last_applied_ms.store(now, Ordering::Relaxed);
+            }
+            ReloadOutcome::Unchanged { generation } => {
+                info!(?trigger, generation, "config reload: unchanged");
+            }
+            ReloadOutcome::Rejected { errors } => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                for e in errors {
+                    error!(?trigger, error = %e, "config reload rejected; the previous config keeps serving");
+                }
+            }
+            ReloadOutcome::RestartRequired { fields } => {
+                warn!(
+                    ?trigger,
+                    ?fields,
+                    "config reload needs a restart; nothing was applied"
+                );
+            }
+        }
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(LastReload {
+                time: unix_ms(SystemTime::now()) as f64 / 1000.0,
+                trigger,
+                outcome: outcome.clone(),
+            });
+        }
+        outcome
+    }
+
+    fn apply(&self, config: Config, current: &Snapshot) -> ReloadOutcome {
+        if config == *current.config {
+            return ReloadOutcome::Unchanged {
+                generation: current.generation,
+            };
+        }
+        let fields = static_changes(&current.config, &config);
+        if !fields.is_empty() {
+            return ReloadOutcome::RestartRequired { fields };
+        }
+        let generation = current.generation + 1;
+        let next = Snapshot::build(Arc::new(config), generation, Some(current));
+        self.shared.store(Arc::new(next));
+        ReloadOutcome::Applied { generation }
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        ReloadStatus {
+            generation: self.shared.load().generation,
+            failures: self.failures.load(Ordering::Relaxed),
+            last: self.last.lock().ok().and_then(|last| last.clone()),
+        }
+    }
+
+    /// Rejected reloads since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Unix time of the last applied reload, if any.
+    pub fn last_applied(&self) -> Option<Duration> {
+        match self.last_applied_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The fields that only a restart can change, named as in the file, where `old` and `new`
+/// differ: sockets are bound once, and the exporter (its resource, endpoint and queue) is
+/// built once.
+pub fn static_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut check = |name: &str, changed: bool| {
+        if changed {
+            fields.push(name.to_string());
+        }
+    };
+    check("listeners", old.listeners != new.listeners);
+    check("admin", old.admin != new.admin);
+    check("service", old.service != new.service);
+    let (a, b) = (&old.tracing, &new.tracing);
+    check("tracing.exporter", a.exporter != b.exporter);
+    check("tracing.otlp", a.otlp != b.otlp);
+    check("tracing.queue_size", a.queue_size != b.queue_size);
+    check("tracing.batch_size", a.batch_size != b.batch_size);
+    check("tracing.batch_delay", a.batch_delay != b.batch_delay);
+    fields
+}
