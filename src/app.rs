@@ -14,6 +14,7 @@ use crate::admin::{self, AdminState};
 use std::path::Path;
 
 use crate::config::Config;
+use crate::export::recent::RecentTraces;
 use crate::export::{ExportTask, SpanSink};
 use crate::proxy::{self, ListenerCtx, Shared, Snapshot};
 use crate::reload::{Reloader, Trigger};
@@ -127,7 +128,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_socket = bind("admin".to_string(), config.admin.bind).await?;
     let admin_addr = admin_socket.local_addr().unwrap_or(config.admin.bind);
 
-    let (sink, export) = crate::export::spawn(&config)?;
+    let recent = Arc::new(RecentTraces::new(crate::export::recent::DEFAULT_TRACES));
+    let (sink, export) = crate::export::spawn(&config, recent.clone())?;
     let shared: Arc<Shared> = Arc::new(ArcSwap::from_pointee(Snapshot::build(
         config.clone(),
         1,
@@ -155,7 +157,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }));
     }
 
-    let admin = Arc::new(AdminState::default());
+    let admin = Arc::new(AdminState::new(shared.clone(), recent));
     admin.set_ready(true);
     info!(addr = %admin_addr, "admin listening");
     let (admin_stop, admin_stop_rx) = watch::channel(false);

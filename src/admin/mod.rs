@@ -17,18 +17,33 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::export::recent::RecentTraces;
+use crate::proxy::Shared;
 use crate::reload::{ReloadOutcome, Reloader, Trigger};
 
 /// What the admin endpoints report.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AdminState {
     /// Config loaded and every listener bound, and not draining.
     ready: AtomicBool,
+    /// The routing snapshot serving now (its config and generation).
+    pub shared: Arc<Shared>,
+    /// Recent traces for `/traces`.
+    pub recent: Arc<RecentTraces>,
     /// Set when the config came from a file.
     pub reloader: std::sync::OnceLock<Arc<Reloader>>,
 }
 
 impl AdminState {
+    pub fn new(shared: Arc<Shared>, recent: Arc<RecentTraces>) -> AdminState {
+        AdminState {
+            ready: AtomicBool::new(false),
+            shared,
+            recent,
+            reloader: std::sync::OnceLock::new(),
+        }
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }

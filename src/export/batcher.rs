@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::recent::RecentTraces;
 use super::{ExportStats, ExporterError, SpanSink, convert, otlp, stdout};
 use crate::config::{Config, ExporterKind};
 use crate::trace::span::SpanRecord;
@@ -20,6 +21,8 @@ use crate::trace::span::SpanRecord;
 enum Backend {
     Otlp(Box<opentelemetry_otlp::SpanExporter>),
     Stdout,
+    /// `exporter = "none"`: spans only feed the recent-traces view.
+    None,
 }
 
 /// The running export task. Dropping it leaves the task running until every sink is gone.
@@ -56,19 +59,15 @@ pub fn resource(config: &Config) -> Resource {
         .build()
 }
 
-/// Starts the export task for `config.tracing`. Must run inside a tokio runtime.
-pub fn spawn(config: &Config) -> Result<(SpanSink, ExportTask), ExporterError> {
+/// Starts the export task for `config.tracing`; every batch also goes to `recent`. Must run
+/// inside a tokio runtime.
+pub fn spawn(
+    config: &Config,
+    recent: Arc<RecentTraces>,
+) -> Result<(SpanSink, ExportTask), ExporterError> {
     let tracing = &config.tracing;
     let backend = match tracing.exporter {
-        ExporterKind::None => {
-            return Ok((
-                SpanSink::disabled(),
-                ExportTask {
-                    flush: None,
-                    task: None,
-                },
-            ));
-        }
+        ExporterKind::None => Backend::None,
         ExporterKind::Stdout => Backend::Stdout,
         ExporterKind::Otlp => {
             Backend::Otlp(Box::new(otlp::build(&tracing.otlp, &resource(config))?))
@@ -81,9 +80,12 @@ pub fn spawn(config: &Config) -> Result<(SpanSink, ExportTask), ExporterError> {
         rx,
         flush_rx,
         backend,
-        tracing.batch_size.max(1),
-        tracing.batch_delay,
+        Batching {
+            size: tracing.batch_size.max(1),
+            delay: tracing.batch_delay,
+        },
         stats.clone(),
+        recent,
     ));
     let sink = SpanSink {
         tx: Some(tx),
@@ -116,14 +118,28 @@ impl ExportTask {
     }
 }
 
+struct Batching {
+    size: usize,
+    delay: Duration,
+}
+
 async fn run(
     mut rx: mpsc::Receiver<SpanRecord>,
     mut flush: oneshot::Receiver<()>,
     backend: Backend,
-    batch_size: usize,
-    batch_delay: Duration,
+    batching: Batching,
     stats: Arc<ExportStats>,
+    recent: Arc<RecentTraces>,
 ) {
+    let Batching {
+        size: batch_size,
+        delay: batch_delay,
+    } = batching;
+    let sinks = Sinks {
+        backend: &backend,
+        stats: &stats,
+        recent: &recent,
+    };
     let scope = convert::scope();
     let mut batch: Vec<SpanData> = Vec::with_capacity(batch_size);
     let mut tick = tokio::time::interval(batch_delay);
@@ -134,7 +150,7 @@ async fn run(
                 Some(span) => {
                     batch.push(convert::to_span_data(&span, &scope));
                     if batch.len() >= batch_size {
-                        export(&backend, &mut batch, &stats).await;
+                        sinks.export(&mut batch).await;
                     }
                 }
                 // Every sink is gone: nothing more can arrive.
@@ -142,7 +158,7 @@ async fn run(
             },
             _ = tick.tick() => {
                 if !batch.is_empty() {
-                    export(&backend, &mut batch, &stats).await;
+                    sinks.export(&mut batch).await;
                 }
             }
             _ = &mut flush => {
@@ -151,7 +167,7 @@ async fn run(
                 while let Ok(span) = rx.try_recv() {
                     batch.push(convert::to_span_data(&span, &scope));
                     if batch.len() >= batch_size {
-                        export(&backend, &mut batch, &stats).await;
+                        sinks.export(&mut batch).await;
                     }
                 }
                 break;
@@ -159,12 +175,26 @@ async fn run(
         }
     }
     if !batch.is_empty() {
-        export(&backend, &mut batch, &stats).await;
+        sinks.export(&mut batch).await;
     }
     if let Backend::Otlp(exporter) = &backend {
         let _ = exporter.shutdown();
     }
     debug!("span export stopped");
+}
+
+/// Where a finished batch goes: the recent-traces view, then the exporter.
+struct Sinks<'a> {
+    backend: &'a Backend,
+    stats: &'a ExportStats,
+    recent: &'a RecentTraces,
+}
+
+impl Sinks<'_> {
+    async fn export(&self, batch: &mut Vec<SpanData>) {
+        self.recent.record(batch);
+        export(self.backend, batch, self.stats).await
+    }
 }
 
 async fn export(backend: &Backend, batch: &mut Vec<SpanData>, stats: &ExportStats) {
@@ -173,6 +203,8 @@ async fn export(backend: &Backend, batch: &mut Vec<SpanData>, stats: &ExportStat
     let result = match backend {
         Backend::Otlp(exporter) => exporter.export(spans).await.map_err(|e| e.to_string()),
         Backend::Stdout => stdout::write(&spans).map_err(|e| e.to_string()),
+        // Not exported, and not lost either: nothing to count.
+        Backend::None => return,
     };
     match result {
         Ok(()) => {

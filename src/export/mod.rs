@@ -7,6 +7,7 @@ mod batcher;
 mod convert;
 mod otlp;
 mod partial;
+pub mod recent;
 mod stdout;
 
 use std::sync::Arc;
