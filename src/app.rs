@@ -13,9 +13,12 @@ use tracing::info;
 use crate::admin::{self, AdminState};
 use std::path::Path;
 
+use std::sync::OnceLock;
+
 use crate::config::Config;
 use crate::export::recent::RecentTraces;
 use crate::export::{ExportTask, SpanSink};
+use crate::metrics::{Metrics, Scraped, ScrapedKind};
 use crate::proxy::{self, ListenerCtx, Shared, Snapshot};
 use crate::reload::{Reloader, Trigger};
 
@@ -56,6 +59,7 @@ pub struct Running {
     sink: SpanSink,
     export: ExportTask,
     reloader: Option<Arc<Reloader>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Loads `path` (file and `OTEL_*` environment) and starts serving it, with `POST /reload`
@@ -64,7 +68,11 @@ pub struct Running {
 pub async fn start_from_file(path: &Path, watch: bool) -> Result<Running, StartError> {
     let config = Config::load(path)?;
     let mut running = start(config).await?;
-    let reloader = Arc::new(Reloader::new(path.to_owned(), running.shared.clone()));
+    let reloader = Arc::new(Reloader::new(
+        path.to_owned(),
+        running.shared.clone(),
+        running.metrics.clone(),
+    ));
     running.reloader = Some(reloader.clone());
     running.admin.reloader.set(reloader.clone()).ok();
     if watch {
@@ -120,21 +128,43 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .await
             .map_err(|source| StartError::Bind { what, addr, source })
     };
-    let mut sockets = Vec::with_capacity(config.listeners.len());
-    for listener in &config.listeners {
-        let socket = bind(format!("listener {}", listener.name), listener.bind).await?;
-        sockets.push(socket);
-    }
-    let admin_socket = bind("admin".to_string(), config.admin.bind).await?;
-    let admin_addr = admin_socket.local_addr().unwrap_or(config.admin.bind);
-
+    let mut metrics = Metrics::new();
     let recent = Arc::new(RecentTraces::new(crate::export::recent::DEFAULT_TRACES));
-    let (sink, export) = crate::export::spawn(&config, recent.clone())?;
     let shared: Arc<Shared> = Arc::new(ArcSwap::from_pointee(Snapshot::build(
         config.clone(),
         1,
         None,
+        &metrics,
     )));
+    let (sink, export) =
+        crate::export::spawn(&config, recent.clone(), metrics.export_batch_duration())?;
+    let reloader_slot: Arc<OnceLock<Arc<Reloader>>> = Arc::default();
+    metrics.register_scraped(scraped(sink.clone(), shared.clone(), reloader_slot.clone()));
+    let metrics = Arc::new(metrics);
+
+    // Admin first: orchestrators see /ready answer 503 until every listener is bound.
+    let admin_socket = bind("admin".to_string(), config.admin.bind).await?;
+    let admin_addr = admin_socket.local_addr().unwrap_or(config.admin.bind);
+    let admin = Arc::new(AdminState::new(
+        shared.clone(),
+        recent,
+        metrics.clone(),
+        reloader_slot,
+    ));
+    info!(addr = %admin_addr, "admin listening");
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve(admin_socket, admin.clone(), admin_stop_rx));
+
+    let mut sockets = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        match bind(format!("listener {}", listener.name), listener.bind).await {
+            Ok(socket) => sockets.push(socket),
+            Err(err) => {
+                let _ = admin_stop.send(true);
+                return Err(err);
+            }
+        }
+    }
     let (stop, stop_rx) = watch::channel(false);
     let grace = config.shutdown.grace;
     let mut listeners = Vec::with_capacity(sockets.len());
@@ -149,6 +179,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             index,
             shared: shared.clone(),
             sink: sink.clone(),
+            open_connections: metrics.open_connections(&listener.name),
         });
         let listener = listener.clone();
         let stop_rx = stop_rx.clone();
@@ -157,11 +188,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }));
     }
 
-    let admin = Arc::new(AdminState::new(shared.clone(), recent));
     admin.set_ready(true);
-    info!(addr = %admin_addr, "admin listening");
-    let (admin_stop, admin_stop_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(admin::serve(admin_socket, admin.clone(), admin_stop_rx));
 
     Ok(Running {
         listeners,
@@ -175,7 +202,100 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sink,
         export,
         reloader: None,
+        metrics,
     })
+}
+
+/// Values read at each scrape: span export counters, queue depth, config generation and
+/// reloads.
+fn scraped(
+    sink: SpanSink,
+    shared: Arc<Shared>,
+    reloader: Arc<OnceLock<Arc<Reloader>>>,
+) -> impl Fn() -> Vec<Scraped> + Send + Sync + 'static {
+    move || {
+        let value = |name, help, kind, labels: Vec<(&'static str, String)>, value: u64| Scraped {
+            name,
+            help,
+            kind,
+            unit: None,
+            labels,
+            value: value as f64,
+        };
+        let [started, exported, dropped, failed] = sink.stats().snapshot();
+        let mut values = vec![
+            value(
+                "spans_started",
+                "Sampled spans finished and handed to the export queue",
+                ScrapedKind::Counter,
+                vec![],
+                started,
+            ),
+            value(
+                "spans_exported",
+                "Spans the exporter delivered",
+                ScrapedKind::Counter,
+                vec![],
+                exported,
+            ),
+            value(
+                "spans_dropped",
+                "Spans dropped because the export queue was full",
+                ScrapedKind::Counter,
+                vec![],
+                dropped,
+            ),
+            value(
+                "spans_failed",
+                "Spans lost because their export failed after retries",
+                ScrapedKind::Counter,
+                vec![],
+                failed,
+            ),
+            value(
+                "spans_rejected",
+                "Spans the collector rejected in OTLP partial-success responses",
+                ScrapedKind::Counter,
+                vec![],
+                crate::export::rejected_spans(),
+            ),
+            value(
+                "export_queue_depth",
+                "Spans waiting in the export queue",
+                ScrapedKind::Gauge,
+                vec![],
+                sink.queue_depth() as u64,
+            ),
+            value(
+                "config_generation",
+                "Generation of the config serving now (1 = the one started with)",
+                ScrapedKind::Gauge,
+                vec![],
+                shared.load().generation,
+            ),
+        ];
+        if let Some(reloader) = reloader.get() {
+            for (outcome, count) in reloader.outcome_counts() {
+                values.push(value(
+                    "config_reloads",
+                    "Config reloads by outcome",
+                    ScrapedKind::Counter,
+                    vec![("outcome", outcome.to_string())],
+                    count,
+                ));
+            }
+            let last = reloader.last_applied().map_or(0.0, |t| t.as_secs_f64());
+            values.push(Scraped {
+                name: "config_last_reload_timestamp",
+                help: "Unix time of the last applied reload (0: none yet)",
+                kind: ScrapedKind::Gauge,
+                unit: Some(prometheus_client::registry::Unit::Seconds),
+                labels: vec![],
+                value: last,
+            });
+        }
+        values
+    }
 }
 
 impl Running {

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod export;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod trace;

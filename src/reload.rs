@@ -13,6 +13,7 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::{Shared, Snapshot};
 
 /// What caused a reload.
@@ -68,18 +69,23 @@ pub struct Reloader {
     running: tokio::sync::Mutex<()>,
     last: std::sync::Mutex<Option<LastReload>>,
     failures: AtomicU64,
+    /// Reloads by outcome: applied, unchanged, rejected, restart_required.
+    outcomes: [AtomicU64; 4],
+    metrics: Arc<Metrics>,
     /// Unix time (ms) of the last applied reload, 0 before any.
     last_applied_ms: AtomicU64,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, shared: Arc<Shared>) -> Reloader {
+    pub fn new(path: PathBuf, shared: Arc<Shared>, metrics: Arc<Metrics>) -> Reloader {
         Reloader {
             path,
             shared,
             running: tokio::sync::Mutex::new(()),
             last: std::sync::Mutex::new(None),
             failures: AtomicU64::new(0),
+            outcomes: Default::default(),
+            metrics,
             last_applied_ms: AtomicU64::new(0),
         }
     }
@@ -104,6 +110,15 @@ impl Reloader {
             },
             Ok(Ok(config)) => self.apply(config, &current),
         };
+        let index = match &outcome {
+            ReloadOutcome::Applied { .. } => 0,
+            ReloadOutcome::Unchanged { .. } => 1,
+            ReloadOutcome::Rejected { .. } => 2,
+            ReloadOutcome::RestartRequired { .. } => 3,
+        };
+        if let Some(counter) = self.outcomes.get(index) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         match &outcome {
             ReloadOutcome::Applied { generation } => {
                 info!(?trigger, generation, "config reloaded");
@@ -148,7 +163,7 @@ impl Reloader {
             return ReloadOutcome::RestartRequired { fields };
         }
         let generation = current.generation + 1;
-        let next = Snapshot::build(Arc::new(config), generation, Some(current));
+        let next = Snapshot::build(Arc::new(config), generation, Some(current), &self.metrics);
         self.shared.store(Arc::new(next));
         ReloadOutcome::Applied { generation }
     }
@@ -159,6 +174,21 @@ impl Reloader {
             failures: self.failures.load(Ordering::Relaxed),
             last: self.last.lock().ok().and_then(|last| last.clone()),
         }
+    }
+
+    /// Reloads since start by outcome: applied, unchanged, rejected, restart_required.
+    pub fn outcome_counts(&self) -> [(&'static str, u64); 4] {
+        let get = |i: usize| {
+            self.outcomes
+                .get(i)
+                .map_or(0, |c| c.load(Ordering::Relaxed))
+        };
+        [
+            ("applied", get(0)),
+            ("unchanged", get(1)),
+            ("rejected", get(2)),
+            ("restart_required", get(3)),
+        ]
     }
 
     /// Rejected reloads since start.

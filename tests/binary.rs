@@ -27,6 +27,8 @@ struct Proxy {
     admin: SocketAddr,
     /// Lines the process wrote to stdout (the stdout exporter's spans).
     stdout: mpsc::Receiver<String>,
+    /// Its JSON log events (stderr) after startup.
+    events: mpsc::Receiver<serde_json::Value>,
     _dir: tempfile::TempDir,
 }
 
@@ -97,7 +99,21 @@ impl Proxy {
             listeners,
             admin: admin.unwrap(),
             stdout: out_rx,
+            events: rx,
             _dir: dir,
+        }
+    }
+
+    /// The next log event whose message is `message`, skipping others.
+    fn next_event(&self, message: &str) -> serde_json::Value {
+        loop {
+            let event = self
+                .events
+                .recv_timeout(DEADLINE)
+                .unwrap_or_else(|_| panic!("no {message:?} log event"));
+            if event["message"] == message {
+                return event;
+            }
         }
     }
 
@@ -483,4 +499,92 @@ async fn sighup_reloads_the_config() {
     })
     .await;
     assert_eq!(served().await, "b");
+}
+
+#[tokio::test]
+async fn the_access_log_line_carries_the_exported_span_trace_id() {
+    let receiver = common::otlp::Receiver::start().await;
+    let upstream = echo_server("app").await;
+    // A second route leads to a closed port, for a failing request.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = Proxy::spawn(&format!(
+        "{}[[routes]]\nlistener = \"main\"\npath_prefix = \"/gone\"\nupstream = \"dead\"\n\
+         [upstreams.dead]\nendpoints = [\"{dead}\"]\n",
+        traced_config(
+            upstream.addr,
+            &format!(
+                "[tracing]\nbatch_delay = \"10ms\"\n[tracing.otlp]\nendpoint = \"{}\"\n",
+                receiver.grpc_url()
+            ),
+        )
+    ));
+    let addr = proxy.listeners["main"];
+    let response = get(
+        &http1_client(),
+        format!("http://{addr}/orders/7?token=secret"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body = body_string(response).await;
+    let line = proxy.next_event("request");
+    let spans = receiver.wait_for_spans(1).await;
+    assert_eq!(line["target"], "hoptrace::access");
+    assert_eq!(line["trace_id"], spans[0].trace_id.as_str());
+    assert_eq!(line["span_id"], spans[0].span_id.as_str());
+    assert_eq!(line["listener"], "main");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(
+        line["path"], "/orders/7",
+        "no query: it may carry credentials"
+    );
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes"], body.len());
+    assert_eq!(line["upstream"], upstream.addr.to_string());
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(line.get("error_type").is_none());
+    assert!(line["timestamp"].is_string());
+
+    // A failure names its error.type.
+    let response = get(&http1_client(), format!("http://{addr}/gone")).await;
+    assert_eq!(response.status(), 502);
+    let line = loop {
+        let line = proxy.next_event("request");
+        if line["path"] == "/gone" {
+            break line;
+        }
+    };
+    assert_eq!(line["error_type"], "connect_error");
+    assert_eq!(line["status"], 502);
+}
+
+#[tokio::test]
+async fn the_access_log_can_be_turned_off() {
+    let upstream = echo_server("app").await;
+    let mut proxy = Proxy::spawn(&format!(
+        "{}[access_log]\nenabled = false\n",
+        config(upstream.addr, "5s")
+    ));
+    let addr = proxy.listeners["main"];
+    assert_eq!(
+        get(&http1_client(), format!("http://{addr}/"))
+            .await
+            .status(),
+        200
+    );
+    proxy.signal(libc::SIGTERM);
+    // Everything logged before shutdown began: no access line among it.
+    loop {
+        let event = proxy
+            .events
+            .recv_timeout(DEADLINE)
+            .expect("no shutdown log line");
+        assert_ne!(event["message"], "request", "{event}");
+        if event["message"] == "shutting down: draining in-flight requests" {
+            break;
+        }
+    }
+    assert_eq!(proxy.exit_code().await, 0);
 }

@@ -213,6 +213,20 @@ async fn an_invalid_file_is_rejected_and_the_old_config_keeps_serving() {
     assert_eq!(status["failures"], 2);
     assert_eq!(status["last"]["outcome"], "rejected");
     assert_eq!(status["last"]["trigger"], "file");
+    // And /metrics counts reloads by outcome.
+    let metrics = body_string(get(&http1_client(), format!("http://{admin}/metrics")).await).await;
+    assert!(
+        metrics.contains("hoptrace_config_reloads_total{outcome=\"rejected\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hoptrace_config_reloads_total{outcome=\"applied\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hoptrace_config_generation 1"),
+        "{metrics}"
+    );
     running.shutdown().await;
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::export::recent::RecentTraces;
+use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::reload::{ReloadOutcome, Reloader, Trigger};
 
@@ -31,16 +32,23 @@ pub struct AdminState {
     /// Recent traces for `/traces`.
     pub recent: Arc<RecentTraces>,
     /// Set when the config came from a file.
-    pub reloader: std::sync::OnceLock<Arc<Reloader>>,
+    pub reloader: Arc<std::sync::OnceLock<Arc<Reloader>>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AdminState {
-    pub fn new(shared: Arc<Shared>, recent: Arc<RecentTraces>) -> AdminState {
+    pub fn new(
+        shared: Arc<Shared>,
+        recent: Arc<RecentTraces>,
+        metrics: Arc<Metrics>,
+        reloader: Arc<std::sync::OnceLock<Arc<Reloader>>>,
+    ) -> AdminState {
         AdminState {
             ready: AtomicBool::new(false),
             shared,
             recent,
-            reloader: std::sync::OnceLock::new(),
+            reloader,
+            metrics,
         }
     }
 
@@ -85,6 +93,16 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/reload" {
         return Ok(reload(&state, req.method()).await);
+    }
+    if req.uri().path() == "/metrics" && req.method() == Method::GET {
+        let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        return Ok(response);
     }
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => (StatusCode::OK, "live\n"),

@@ -26,6 +26,7 @@ pub struct Config {
     pub service: ServiceConfig,
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
+    pub access_log: AccessLogConfig,
     pub listeners: Vec<ListenerConfig>,
     /// Routes in file order; `RouteConfig::listener` names an entry of `listeners`.
     pub routes: Vec<RouteConfig>,
@@ -52,6 +53,12 @@ pub struct AdminConfig {
 pub struct ShutdownConfig {
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits.
     pub grace: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccessLogConfig {
+    /// One log line per request (target `hoptrace::access`). Default true.
+    pub enabled: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -36,6 +36,12 @@ pub(super) struct Shutdown {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct AccessLog {
+    pub enabled: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Listener {
     pub name: Option<Spanned<String>>,
     pub bind: Option<Spanned<String>>,
@@ -111,6 +117,7 @@ const SECTIONS: &[&str] = &[
     "service",
     "admin",
     "shutdown",
+    "access_log",
     "listeners",
     "routes",
     "upstreams",
@@ -140,6 +147,7 @@ pub(super) struct Document {
     pub service: Option<Table<Service>>,
     pub admin: Option<Table<Admin>>,
     pub shutdown: Option<Table<Shutdown>>,
+    pub access_log: Option<Table<AccessLog>>,
     pub listeners: Vec<Option<Table<Listener>>>,
     pub routes: Vec<Option<Table<Route>>>,
     pub upstreams: Vec<NamedUpstream>,
@@ -207,6 +215,7 @@ impl Reader<'_, '_> {
                 "service" => self.table(name, value).map(|t| doc.service = Some(t)),
                 "admin" => self.table(name, value).map(|t| doc.admin = Some(t)),
                 "shutdown" => self.table(name, value).map(|t| doc.shutdown = Some(t)),
+                "access_log" => self.table(name, value).map(|t| doc.access_log = Some(t)),
                 "listeners" => self.array(name, value).map(|v| doc.listeners = v),
                 "routes" => self.array(name, value).map(|v| doc.routes = v),
                 "upstreams" => self.upstreams(value).map(|v| doc.upstreams = v),

@@ -187,6 +187,13 @@ impl Check<'_> {
             },
             admin: AdminConfig { bind: admin? },
             shutdown: ShutdownConfig { grace: shutdown? },
+            access_log: super::AccessLogConfig {
+                enabled: doc
+                    .access_log
+                    .as_ref()
+                    .and_then(|t| t.fields.enabled.as_ref())
+                    .is_none_or(|enabled| *enabled.get_ref()),
+            },
             listeners: listeners.into_iter().collect::<Option<_>>()?,
             routes: routes.into_iter().collect::<Option<_>>()?,
             upstreams: upstreams

@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use prometheus_client::metrics::histogram::Histogram;
+
 use super::recent::RecentTraces;
 use super::{ExportStats, ExporterError, SpanSink, convert, otlp, stdout};
 use crate::config::{Config, ExporterKind};
@@ -64,6 +66,7 @@ pub fn resource(config: &Config) -> Resource {
 pub fn spawn(
     config: &Config,
     recent: Arc<RecentTraces>,
+    batch_duration: Histogram,
 ) -> Result<(SpanSink, ExportTask), ExporterError> {
     let tracing = &config.tracing;
     let backend = match tracing.exporter {
@@ -86,6 +89,7 @@ pub fn spawn(
         },
         stats.clone(),
         recent,
+        batch_duration,
     ));
     let sink = SpanSink {
         tx: Some(tx),
@@ -130,6 +134,7 @@ async fn run(
     batching: Batching,
     stats: Arc<ExportStats>,
     recent: Arc<RecentTraces>,
+    batch_duration: Histogram,
 ) {
     let Batching {
         size: batch_size,
@@ -139,6 +144,7 @@ async fn run(
         backend: &backend,
         stats: &stats,
         recent: &recent,
+        batch_duration: &batch_duration,
     };
     let scope = convert::scope();
     let mut batch: Vec<SpanData> = Vec::with_capacity(batch_size);
@@ -188,12 +194,15 @@ struct Sinks<'a> {
     backend: &'a Backend,
     stats: &'a ExportStats,
     recent: &'a RecentTraces,
+    batch_duration: &'a Histogram,
 }
 
 impl Sinks<'_> {
     async fn export(&self, batch: &mut Vec<SpanData>) {
         self.recent.record(batch);
-        export(self.backend, batch, self.stats).await
+        let started = std::time::Instant::now();
+        export(self.backend, batch, self.stats).await;
+        self.batch_duration.observe(started.elapsed().as_secs_f64());
     }
 }
 

@@ -9,14 +9,81 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::uri::Authority;
+use http::{Method, Uri};
+use tracing::info;
+
 use super::hop::{Outcome, SpanFinish};
 use super::upstream::InFlight;
+use crate::metrics::RouteMetrics;
+use crate::trace::context::{SpanId, TraceId};
 
 #[derive(Debug)]
 pub struct ResponseBody {
     inner: Inner,
     /// Finished when the body ends, fails, or is dropped early (client gone).
     spans: Option<Box<SpanFinish>>,
+    /// Metrics and access log, recorded at the same moment.
+    done: Option<RequestDone>,
+    bytes: u64,
+}
+
+/// What is recorded once per request, when its response ends.
+#[derive(Debug)]
+pub struct RequestDone {
+    pub started: Instant,
+    pub status: u16,
+    pub metrics: RouteMetrics,
+    /// `None` when `[access_log] enabled = false`.
+    pub access: Option<AccessEntry>,
+}
+
+/// The fields of an access log line known before the body ends.
+#[derive(Debug)]
+pub struct AccessEntry {
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub method: Method,
+    pub target: Uri,
+    pub endpoint: Option<Authority>,
+    pub trace: Option<(TraceId, SpanId)>,
+    pub error_type: Option<&'static str>,
+}
+
+impl RequestDone {
+    fn finish(self, outcome: Outcome, bytes: u64) {
+        let elapsed = self.started.elapsed();
+        self.metrics.record(self.status, elapsed.as_secs_f64());
+        let Some(entry) = self.access else { return };
+        let error_type = entry.error_type.or(match outcome {
+            Outcome::Complete => None,
+            Outcome::UpstreamFailed => Some("upstream_reset"),
+            Outcome::ClientGone => Some("client_closed"),
+        });
+        let trace_id = entry.trace.map(|(t, _)| t.to_string());
+        let span_id = entry.trace.map(|(_, s)| s.to_string());
+        let endpoint = entry.endpoint.as_ref().map(Authority::as_str);
+        // The path without its query: query values may carry credentials.
+        info!(
+            target: "hoptrace::access",
+            listener = %entry.listener,
+            client = %entry.client,
+            method = %entry.method,
+            path = entry.target.path(),
+            status = self.status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes,
+            upstream = endpoint,
+            trace_id,
+            span_id,
+            error_type,
+            "request"
+        );
+    }
 }
 
 #[derive(Debug)]
@@ -39,6 +106,8 @@ impl ResponseBody {
                 _in_flight: in_flight,
             },
             spans: None,
+            done: None,
+            bytes: 0,
         }
     }
 
@@ -46,6 +115,8 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Local(Some(Bytes::from_static(text.as_bytes()))),
             spans: None,
+            done: None,
+            bytes: 0,
         }
     }
 
@@ -53,6 +124,8 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Local(None),
             spans: None,
+            done: None,
+            bytes: 0,
         }
     }
 
@@ -61,16 +134,24 @@ impl ResponseBody {
         self.spans = Some(Box::new(spans));
     }
 
+    /// Metrics and the access log line when the response ends.
+    pub fn record_when_done(&mut self, done: RequestDone) {
+        self.done = Some(done);
+    }
+
     fn finish(&mut self, outcome: Outcome) {
         if let Some(spans) = self.spans.take() {
             spans.finish(outcome);
+        }
+        if let Some(done) = self.done.take() {
+            done.finish(outcome, self.bytes);
         }
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if self.spans.is_some() {
+        if self.spans.is_some() || self.done.is_some() {
             // hyper drops a body it never needed to poll (empty, HEAD): that is complete.
             let outcome = if self.is_end_stream() {
                 Outcome::Complete
@@ -95,6 +176,11 @@ impl Body for ResponseBody {
             Inner::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
             Inner::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.bytes += data.len() as u64;
+            }
+        }
         match &polled {
             Poll::Ready(None) => this.finish(Outcome::Complete),
             Poll::Ready(Some(Err(_))) => this.finish(Outcome::UpstreamFailed),

@@ -14,6 +14,8 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::metrics::ConnectMetrics;
+
 /// Attached to every upstream connection (readable through `capture_connection`).
 #[derive(Clone, Copy, Debug)]
 pub struct ConnMeta {
@@ -30,11 +32,12 @@ pub struct Tagged {
 #[derive(Clone, Debug)]
 pub struct TaggingConnector {
     inner: HttpConnector,
+    metrics: ConnectMetrics,
 }
 
 impl TaggingConnector {
-    pub fn new(inner: HttpConnector) -> Self {
-        TaggingConnector { inner }
+    pub fn new(inner: HttpConnector, metrics: ConnectMetrics) -> Self {
+        TaggingConnector { inner, metrics }
     }
 }
 
@@ -50,8 +53,15 @@ impl tower::Service<Uri> for TaggingConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
+        let metrics = self.metrics.clone();
+        metrics.attempts.inc();
         Box::pin(async move {
-            let io = connecting.await?;
+            let io = connecting.await.inspect_err(|err| {
+                metrics.failures.inc();
+                if super::error::is_timeout(err) {
+                    metrics.timeouts.inc();
+                }
+            })?;
             Ok(Tagged {
                 io,
                 meta: ConnMeta {

@@ -12,7 +12,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, info, warn};
 
-use super::body::ResponseBody;
+use super::body::{AccessEntry, RequestDone, ResponseBody};
 use super::error::{ProxyError, is_timeout};
 use super::headers::{add_forwarded, is_upgrade_request, remove_hop_by_hop};
 use super::hop::Hop;
@@ -45,6 +45,12 @@ pub async fn handle(
     });
     let mut hop = Hop::start(&ctx, &snapshot, route, &req, conn, started, wall);
     let method = req.method().clone();
+    let target = snapshot
+        .config
+        .access_log
+        .enabled
+        .then(|| req.uri().clone());
+    let mut endpoint = None;
     let result = match route {
         _ if req.method() == Method::CONNECT => Err(ProxyError::ConnectMethod),
         None => Err(ProxyError::NoRoute),
@@ -52,13 +58,23 @@ pub async fn handle(
             if let Some(hop) = &hop {
                 hop.inject(req.headers_mut());
             }
-            let upstream = route.target.clone();
-            forward(conn, upstream, host_header, req, hop.as_mut()).await
+            let upstream = route.target.upstream.clone();
+            forward(
+                conn,
+                upstream,
+                host_header,
+                req,
+                hop.as_mut(),
+                &mut endpoint,
+            )
+            .await
         }
     };
+    let mut error_type = None;
     let mut response = match result {
         Ok(response) => response,
         Err(err) => {
+            error_type = Some(err.kind());
             let trace_id = hop.as_ref().map(|h| h.trace_id().to_string());
             let trace_id = trace_id.as_deref().unwrap_or("");
             match &err {
@@ -75,6 +91,31 @@ pub async fn handle(
             err.to_response()
         }
     };
+    let metrics = match route {
+        Some(route) => route.target.metrics.clone(),
+        None => match snapshot.no_route.get(ctx.index) {
+            Some(metrics) => metrics.clone(),
+            None => return Ok(response),
+        },
+    };
+    let access = target.map(|target| AccessEntry {
+        listener: ctx.name.clone(),
+        client: conn.remote,
+        method,
+        target,
+        endpoint,
+        trace: hop
+            .as_ref()
+            .and_then(|h| Some((h.trace_id(), h.own_span()?))),
+        error_type,
+    });
+    let done = RequestDone {
+        started,
+        status: response.status().as_u16(),
+        metrics,
+        access,
+    };
+    response.body_mut().record_when_done(done);
     if let Some(mut hop) = hop {
         hop.respond(&mut response);
         if let Some(spans) = hop.into_finish() {
@@ -100,6 +141,7 @@ async fn forward(
     host_header: Option<HeaderValue>,
     mut req: Request<Incoming>,
     mut hop: Option<&mut Hop>,
+    picked: &mut Option<http::uri::Authority>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // A protocol switch (WebSocket) is relayed as a byte stream once both sides agree.
     let client_upgrade = (req.version() == Version::HTTP_11 && is_upgrade_request(req.headers()))
@@ -114,6 +156,7 @@ async fn forward(
         upstream: upstream.name.clone(),
     })?;
 
+    *picked = Some(endpoint.authority.clone());
     // Send to the chosen endpoint: the URI's authority selects the client's pool.
     let path = req
         .uri()

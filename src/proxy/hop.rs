@@ -21,8 +21,7 @@ use super::connector::conn_meta;
 use super::error::ProxyError;
 use super::listener::{ConnInfo, ListenerCtx};
 use super::route::Route;
-use super::snapshot::Snapshot;
-use super::upstream::Upstream;
+use super::snapshot::{RouteTarget, Snapshot};
 use crate::config::{Config, Role};
 use crate::export::SpanSink;
 use crate::trace::context::{SpanId, TraceFlags, TraceId, TraceParent, extract};
@@ -82,7 +81,7 @@ impl Hop {
     pub fn start(
         ctx: &ListenerCtx,
         snapshot: &Snapshot,
-        route: Option<&Route<Arc<Upstream>>>,
+        route: Option<&Route<RouteTarget>>,
         req: &Request<Incoming>,
         conn: ConnInfo,
         started: Instant,
@@ -179,7 +178,7 @@ impl Hop {
     }
 
     /// The span this hop reports in `traceresponse`: the one for the request it received.
-    fn own_span(&self) -> Option<SpanId> {
+    pub fn own_span(&self) -> Option<SpanId> {
         self.server_id.or(self.client_id)
     }
 

@@ -29,6 +29,8 @@ pub struct ListenerCtx {
     pub shared: Arc<Shared>,
     /// Where finished spans go.
     pub sink: SpanSink,
+    /// Open client connections on this listener.
+    pub open_connections: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// The connection a request arrived on.
@@ -73,16 +75,19 @@ pub async fn serve(
                         debug!(error = %err, "set_nodelay failed");
                     }
                     let conn = ConnInfo { remote, local };
+                    let open = ctx.open_connections.clone();
                     let ctx = ctx.clone();
                     let service = service_fn(move |req| forward::handle(ctx.clone(), conn, req));
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
+                    open.inc();
                     tokio::spawn(async move {
                         let connection =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         if let Err(err) = watcher.watch(connection).await {
                             debug!(client = %remote, error = %err, "connection ended with an error");
                         }
+                        open.dec();
                     });
                 }
                 Err(err) => {

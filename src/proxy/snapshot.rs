@@ -10,6 +10,14 @@ use arc_swap::ArcSwap;
 use super::route::{RouteSpec, RouteTable};
 use super::upstream::Upstream;
 use crate::config::Config;
+use crate::metrics::{Metrics, RouteMetrics};
+
+/// Where a route leads, and its request counters.
+#[derive(Debug)]
+pub struct RouteTarget {
+    pub upstream: Arc<Upstream>,
+    pub metrics: RouteMetrics,
+}
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -17,7 +25,9 @@ pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<Config>,
     /// Route tables indexed like `config.listeners` (the listener set is static).
-    pub tables: Box<[RouteTable<Arc<Upstream>>]>,
+    pub tables: Box<[RouteTable<RouteTarget>]>,
+    /// Per listener (same index): counters of requests no route matched.
+    pub no_route: Box<[RouteMetrics]>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// `[tracing] redact_query_keys`, shared by every span of this snapshot.
     pub redact_query_keys: Arc<[String]>,
@@ -29,7 +39,12 @@ pub type Shared = ArcSwap<Snapshot>;
 impl Snapshot {
     /// Compiles a config. An upstream whose definition equals one in `previous` is carried
     /// over as is, keeping its connection pool warm across a reload.
-    pub fn build(config: Arc<Config>, generation: u64, previous: Option<&Snapshot>) -> Snapshot {
+    pub fn build(
+        config: Arc<Config>,
+        generation: u64,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+    ) -> Snapshot {
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -38,7 +53,8 @@ impl Snapshot {
                     .and_then(|p| p.upstreams.get(name))
                     .filter(|u| u.config == *def)
                     .cloned();
-                let upstream = reused.unwrap_or_else(|| Arc::new(Upstream::new(name, def)));
+                let upstream = reused
+                    .unwrap_or_else(|| Arc::new(Upstream::new(name, def, metrics.upstream(name))));
                 (name.clone(), upstream)
             })
             .collect();
@@ -55,6 +71,8 @@ impl Snapshot {
                         .filter_map(|(index, r)| {
                             // Validation guarantees the upstream exists.
                             let upstream = upstreams.get(&r.upstream)?.clone();
+                            let template = r.name.as_deref().unwrap_or(&r.path_prefix);
+                            let metrics = metrics.route(&listener.name, template, &r.upstream);
                             let spec = RouteSpec {
                                 name: r.name.clone(),
                                 index,
@@ -65,13 +83,19 @@ impl Snapshot {
                                 tracing: r.tracing,
                                 sampling_ratio: r.sampling_ratio,
                             };
-                            Some((spec, upstream))
+                            Some((spec, RouteTarget { upstream, metrics }))
                         }),
                 )
             })
             .collect();
+        let no_route = config
+            .listeners
+            .iter()
+            .map(|l| metrics.route(&l.name, "", ""))
+            .collect();
         Snapshot {
             generation,
+            no_route,
             redact_query_keys: config.tracing.redact_query_keys.clone().into(),
             config,
             tables,

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balance::{Balancer, EndpointState};
 use crate::config::{Protocol, UpstreamConfig};
+use crate::metrics::ConnectMetrics;
 
 pub type UpstreamClient = Client<TaggingConnector, Incoming>;
 
@@ -28,7 +29,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(name: &str, config: &UpstreamConfig) -> Upstream {
+    pub fn new(name: &str, config: &UpstreamConfig, metrics: ConnectMetrics) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         // Small requests must not wait for Nagle.
@@ -39,7 +40,7 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(config.protocol == Protocol::Http2)
-            .build(TaggingConnector::new(connector));
+            .build(TaggingConnector::new(connector, metrics));
         let endpoints = config
             .endpoints
             .iter()
