@@ -1,6 +1,9 @@
-//! The admin listener: health endpoints for orchestrators (`/live`, `/ready`) and config
-//! reload (`POST /reload` to reload, `GET /reload` for the last outcome). Separate from the
-//! proxy listeners and on loopback by default.
+//! The admin listener: health endpoints for orchestrators (`/live`, `/ready`), config
+//! reload (`POST /reload` to reload, `GET /reload` for the last outcome) and the effective
+//! config (`GET /config`, secrets masked). Separate from the proxy listeners and on loopback
+//! by default.
+
+mod config_view;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -94,6 +97,9 @@ async fn handle(
     if req.uri().path() == "/reload" {
         return Ok(reload(&state, req.method()).await);
     }
+    if req.uri().path() == "/config" {
+        return Ok(config(&state, req.method()));
+    }
     if req.uri().path() == "/metrics" && req.method() == Method::GET {
         let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
         response.headers_mut().insert(
@@ -145,6 +151,18 @@ async fn reload(state: &AdminState, method: &Method) -> Response<Full<Bytes>> {
             &serde_json::json!({"error": "use GET or POST"}),
         ),
     }
+}
+
+/// `GET /config`: the config serving now, its generation, and the reload status.
+fn config(state: &AdminState, method: &Method) -> Response<Full<Bytes>> {
+    if method != Method::GET {
+        let error = serde_json::json!({"error": "use GET"});
+        return json(StatusCode::METHOD_NOT_ALLOWED, &error);
+    }
+    let snapshot = state.shared.load_full();
+    let reload = state.reloader.get().map(|r| r.status());
+    let body = config_view::body(snapshot.generation, &snapshot.config, reload);
+    json(StatusCode::OK, &body)
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
