@@ -319,8 +319,9 @@ async fn python_client_and_server_spans_form_one_trace() {
     assert_eq!(server.parent_span_id, client.span_id);
     assert_ne!(server.span_id, client.span_id);
     assert_eq!(server.attr_str("url.path"), Some("/hello"));
+    // Only the start is ordered: server.py ends its span after writing the response, and the
+    // client may end its own as soon as it has read it.
     assert!(server.start_unix_nano >= client.start_unix_nano);
-    assert!(server.end_unix_nano <= client.end_unix_nano);
 
     assert!(spans.iter().all(|s| s.transport == "http"));
     assert!(

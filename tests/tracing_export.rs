@@ -67,7 +67,12 @@ async fn retryable_failures_are_retried_and_others_counted() {
         );
         assert_eq!(receiver.failed_requests(), 2, "{protocol}");
         let stats = proxy.span_sink().stats().clone();
-        assert_eq!(stats.snapshot()[1], 1, "{protocol}: exported");
+        // The receiver holds the span a moment before the exporter's call returns.
+        wait_until("exported counted", Duration::from_secs(20), || {
+            let stats = stats.clone();
+            async move { stats.snapshot()[1] == 1 }
+        })
+        .await;
 
         // A non-retryable answer: the batch is lost and counted, not retried.
         receiver.set_failures(1, Failure::Internal);

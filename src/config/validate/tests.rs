@@ -152,7 +152,7 @@ fn unknown_keys_list_the_allowed_ones() {
             "routes[1].upstream: missing required key (line 17)",
             "routes[1].upsteam: unknown key; expected one of: name, listener, host, path_prefix, \
              methods, headers, upstream, tracing, sampling_ratio (line 19)",
-            "metrics: unknown key; expected one of: service, admin, shutdown, listeners, routes, \
+            "metrics: unknown key; expected one of: service, admin, shutdown, access_log, listeners, routes, \
              upstreams, tracing (line 20)",
         ]
     );
