@@ -21,6 +21,8 @@ use crate::export::recent::RecentTraces;
 use crate::proxy::Shared;
 use crate::reload::{ReloadOutcome, Reloader, Trigger};
 
+mod traces;
+
 /// What the admin endpoints report.
 #[derive(Debug)]
 pub struct AdminState {
@@ -85,6 +87,9 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/reload" {
         return Ok(reload(&state, req.method()).await);
+    }
+    if req.uri().path() == "/traces" {
+        return Ok(traces::handle(&state, req.method(), req.uri().query()));
     }
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => (StatusCode::OK, "live\n"),
