@@ -25,6 +25,8 @@ use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::reload::{ReloadOutcome, Reloader, Trigger};
 
+mod traces;
+
 /// What the admin endpoints report.
 #[derive(Debug)]
 pub struct AdminState {
@@ -96,6 +98,9 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/reload" {
         return Ok(reload(&state, req.method()).await);
+    }
+    if req.uri().path() == "/traces" {
+        return Ok(traces::handle(&state, req.method(), req.uri().query()));
     }
     if req.uri().path() == "/config" {
         return Ok(config(&state, req.method()));
