@@ -42,8 +42,14 @@ impl TraceService for Sink {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let grpc: std::net::SocketAddr = args.next().ok_or("usage: otlp_sink GRPC_ADDR COUNT_ADDR")?.parse()?;
-    let count_addr: std::net::SocketAddr = args.next().ok_or("usage: otlp_sink GRPC_ADDR COUNT_ADDR")?.parse()?;
+    let grpc: std::net::SocketAddr = args
+        .next()
+        .ok_or("usage: otlp_sink GRPC_ADDR COUNT_ADDR")?
+        .parse()?;
+    let count_addr: std::net::SocketAddr = args
+        .next()
+        .ok_or("usage: otlp_sink GRPC_ADDR COUNT_ADDR")?
+        .parse()?;
     let count = Arc::new(AtomicU64::new(0));
 
     let counter = tokio::net::TcpListener::bind(count_addr).await?;
@@ -54,7 +60,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::spawn(async move {
                 let service = service_fn(move |_req| {
                     let n = c.load(Ordering::Relaxed);
-                    async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(n.to_string())))) }
+                    async move {
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                            n.to_string(),
+                        ))))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)

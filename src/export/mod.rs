@@ -4,7 +4,7 @@
 //! OpenTelemetry model happens in the batcher task, off the request path.
 
 mod batcher;
-mod convert;
+pub mod convert;
 mod otlp;
 mod partial;
 pub mod recent;

@@ -4,10 +4,18 @@
 //! method, headers). Among matching routes the most specific wins, in this order:
 //! exact host over `*.suffix` host (longer suffix first) over no host; then the longest
 //! `path_prefix`; then a route with `methods` over one without; then more header matchers;
-//! then file order. The table is sorted once when built, so a lookup is one scan with early
-//! exit and allocates nothing.
+//! then file order.
+//!
+//! The table is sorted once when built and indexed: routes are bucketed by exact host, by
+//! wildcard suffix and "no host", and within a bucket by the first path segment of their
+//! prefix. A lookup visits only the buckets the request's host can reach (its exact host, then
+//! each of its suffixes, longest first, then no-host), in specificity order, and in each only
+//! the routes sharing its first path segment (then the `/` routes). So a lookup costs about the
+//! number of host labels plus the routes that could actually match, not the table size, and
+//! allocates nothing.
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
@@ -45,8 +53,27 @@ pub struct RouteSpec {
 
 #[derive(Debug)]
 pub struct RouteTable<T> {
+    /// Sorted by specificity, most specific first.
     routes: Box<[Route<T>]>,
+    /// Lowercase exact host → its routes.
+    exact: HashMap<Box<str>, Bucket>,
+    /// Lowercase `.suffix` (with the dot) → its routes.
+    suffix: HashMap<Box<str>, Bucket>,
+    any_host: Bucket,
 }
+
+/// Routes of one host class, by the first segment of their path prefix. Indices point into
+/// `RouteTable::routes` and keep its order.
+#[derive(Debug, Default)]
+struct Bucket {
+    /// First segment (`"api"` for `/api/v2`) → routes.
+    by_segment: HashMap<Box<str>, Vec<u32>>,
+    /// Routes whose prefix is `/`: they match every path.
+    root: Vec<u32>,
+}
+
+/// Longest host name looked up through the index (DNS allows 253); longer ones are scanned.
+const MAX_HOST: usize = 255;
 
 /// The parts of a request that routing looks at.
 pub struct RequestInfo<'a> {
@@ -75,13 +102,80 @@ impl<T> RouteTable<T> {
             .collect();
         // Stable sort: equal specificity keeps file order.
         routes.sort_by_key(|r| Reverse(r.specificity()));
-        RouteTable {
+        let mut table = RouteTable {
             routes: routes.into_boxed_slice(),
+            exact: HashMap::new(),
+            suffix: HashMap::new(),
+            any_host: Bucket::default(),
+        };
+        for (i, route) in table.routes.iter().enumerate() {
+            let bucket = match &route.host {
+                Some(HostMatch::Exact(h)) => table
+                    .exact
+                    .entry(h.to_ascii_lowercase().into())
+                    .or_default(),
+                Some(HostMatch::Suffix(s)) => table
+                    .suffix
+                    .entry(s.to_ascii_lowercase().into())
+                    .or_default(),
+                None => &mut table.any_host,
+            };
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            match first_segment(&route.path_prefix) {
+                Some(segment) => bucket.by_segment.entry(segment.into()).or_default().push(i),
+                None => bucket.root.push(i),
+            }
         }
+        table
     }
 
     pub fn find(&self, req: &RequestInfo<'_>) -> Option<&Route<T>> {
-        self.routes.iter().find(|r| r.matches(req))
+        let mut buf = [0u8; MAX_HOST];
+        let host = match req.host {
+            Some(host) => {
+                let host = host.strip_suffix('.').unwrap_or(host);
+                match lowercase(host, &mut buf) {
+                    Some(lower) => Some(lower),
+                    // Too long to index (not a valid DNS name anyway): check every route.
+                    None => return self.routes.iter().find(|r| r.matches(req)),
+                }
+            }
+            None => None,
+        };
+        let segment = first_segment(req.path);
+        let in_bucket = |bucket: &Bucket| self.find_in(bucket, segment, req);
+        if let Some(host) = host {
+            if let Some(found) = self.exact.get(host).and_then(in_bucket) {
+                return Some(found);
+            }
+            // Every suffix `.b.c`, `.c` of `a.b.c`, longest first.
+            let mut rest = host;
+            while let Some(dot) = rest.get(1..).and_then(|r| r.find('.')) {
+                let suffix = rest.get(dot + 1..).unwrap_or_default();
+                if let Some(found) = self.suffix.get(suffix).and_then(in_bucket) {
+                    return Some(found);
+                }
+                rest = suffix;
+            }
+        }
+        in_bucket(&self.any_host)
+    }
+
+    fn find_in(
+        &self,
+        bucket: &Bucket,
+        segment: Option<&str>,
+        req: &RequestInfo<'_>,
+    ) -> Option<&Route<T>> {
+        let by_segment = segment
+            .and_then(|s| bucket.by_segment.get(s))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        by_segment
+            .iter()
+            .chain(&bucket.root)
+            .filter_map(|&i| self.routes.get(i as usize))
+            .find(|r| r.matches(req))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route<T>> {
@@ -147,6 +241,22 @@ fn path_matches(prefix: &str, path: &str) -> bool {
         None => false,
         Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
     }
+}
+
+/// `/api/v2` → `api`; `/` or `` → none.
+fn first_segment(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let segment = rest.split('/').next().unwrap_or_default();
+    (!segment.is_empty()).then_some(segment)
+}
+
+/// `host` in ASCII lowercase, in `buf`; `None` when it does not fit.
+fn lowercase<'b>(host: &str, buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
+    let out = buf.get_mut(..host.len())?;
+    for (o, b) in out.iter_mut().zip(host.bytes()) {
+        *o = b.to_ascii_lowercase();
+    }
+    std::str::from_utf8(out).ok()
 }
 
 /// The host part of a `Host` header value or authority: port and IPv6 brackets removed.
