@@ -50,7 +50,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--connections", type=int, default=10_000)
     args = ap.parse_args()
-    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536)
+    if want < args.connections + 100:
+        sys.exit(f"need {args.connections + 100} file descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     ensure_tools()
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "hoptrace", "--example", "otlp_sink"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "hoptrace")

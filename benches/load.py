@@ -96,7 +96,7 @@ class Nginx:
         location / {{ default_type text/plain; return 200 "{BODY.strip()}\\n"; }} }}"""
         conf = f"""
 daemon off; master_process on; worker_processes 1; pid {self.dir}/nginx.pid;
-error_log {self.dir}/error.log warn; worker_rlimit_nofile 65536;
+error_log {self.dir}/error.log warn; worker_rlimit_nofile 20000;
 events {{ worker_connections 20000; }}
 http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s; {server} }}
 """
