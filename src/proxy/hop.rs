@@ -113,16 +113,7 @@ impl Hop {
 
         let recording = (flags.is_sampled() && sink.is_enabled()).then(|| {
             let headers = req.headers();
-            let captured = tracing
-                .capture_request_headers
-                .iter()
-                .flat_map(|name| {
-                    headers
-                        .get_all(name)
-                        .iter()
-                        .map(move |v| (name.clone(), v.clone()))
-                })
-                .collect();
+            let captured = capture(&tracing.capture_request_headers, headers);
             Box::new(Recording {
                 sink: sink.clone(),
                 started,
@@ -278,17 +269,8 @@ impl Hop {
         let tracing = &self.config.tracing;
         if let Some(rec) = self.recording.as_mut() {
             rec.base.status = Some(response.status().as_u16());
-            let headers = response.headers();
-            rec.base.response_headers = tracing
-                .capture_response_headers
-                .iter()
-                .flat_map(|name| {
-                    headers
-                        .get_all(name)
-                        .iter()
-                        .map(move |v| (name.clone(), v.clone()))
-                })
-                .collect();
+            rec.base.response_headers =
+                capture(&tracing.capture_response_headers, response.headers());
             if let Some(client) = rec.client.as_mut() {
                 client.response_headers = rec.base.response_headers.clone();
             }
@@ -320,6 +302,19 @@ impl Hop {
     pub fn into_finish(self) -> Option<SpanFinish> {
         self.recording.map(|recording| SpanFinish { recording })
     }
+}
+
+/// The values of the allow-listed headers, every value of each, in list order.
+fn capture(names: &[HeaderName], headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    names
+        .iter()
+        .flat_map(|name| {
+            headers
+                .get_all(name)
+                .iter()
+                .map(move |v| (name.clone(), v.clone()))
+        })
+        .collect()
 }
 
 impl SpanFinish {
