@@ -15,4 +15,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}"
 fi
 
-cargo test --all-targets "$@"
+# The Python peers (OpenTelemetry SDK, prometheus_client) in <repo>/.venv; the tests call this
+# again (a no-op when up to date), but running it here puts any setup failure first in the log.
+bash tests/interop/setup.sh
+
+cargo test --all-targets --no-fail-fast "$@"
