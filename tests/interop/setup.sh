@@ -17,6 +17,13 @@ cd "$(dirname "$self")/../.."
 req=tests/interop/requirements.txt
 venv=.venv
 stamp=$venv/.interop-requirements.sha256
+# pip and ensurepip need a writable temporary directory; use one in the repo if the usual one
+# is not.
+tmp=${TMPDIR:-/tmp}
+if ! { [ -d "$tmp" ] && [ -w "$tmp" ]; }; then
+  export TMPDIR="$PWD/target/tmp"
+  mkdir -p "$TMPDIR"
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
