@@ -22,7 +22,7 @@ mod demo_cmd;
     about = "A tracing sidecar: an HTTP reverse proxy that times every hop",
     long_about = "hoptrace runs beside a service and proxies the HTTP traffic into it (inbound \
 listeners) and out of it (outbound listeners), routing by host, path, method and headers to \
-pooled upstream connections.\n\nLog levels come from RUST_LOG (default: info), e.g. \
+pooled upstream connections.\n\nLog levels come from RUST_LOG (default: info; warn for `demo`), e.g. \
 RUST_LOG=hoptrace=debug.",
     after_help = "Examples:\n  hoptrace demo\n  hoptrace check --config /etc/hoptrace/config.toml\n  \
 hoptrace run --config config.example.toml"
