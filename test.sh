@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# The tests drive real peers: python3 (its urllib is an unmodified HTTP_PROXY client).
+# The tests drive real peers: python3 (its urllib is an unmodified HTTP_PROXY client);
+# tests/deploy.rs runs `systemd-analyze verify` on deploy/systemd/hoptrace.service.
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

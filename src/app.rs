@@ -118,10 +118,30 @@ async fn reload_on_change(
     }
 }
 
+/// What an embedding program (the demo, tests) may set beyond the config file.
+#[derive(Clone, Copy, Debug)]
+pub struct StartOptions {
+    /// Traces kept in memory for `GET /traces` and `Running::recent_traces`.
+    pub recent_traces: usize,
+}
+
+impl Default for StartOptions {
+    fn default() -> StartOptions {
+        StartOptions {
+            recent_traces: crate::export::recent::DEFAULT_TRACES,
+        }
+    }
+}
+
 /// Binds every listener and the admin socket (all or none: the first failure is returned and
 /// nothing is served), then serves them on the current tokio runtime. Without a file there
 /// is nothing to reload from; see `start_from_file`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with(config, StartOptions::default()).await
+}
+
+/// `start` with options.
+pub async fn start_with(config: Config, options: StartOptions) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let bind = |what: String, addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -129,7 +149,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map_err(|source| StartError::Bind { what, addr, source })
     };
     let mut metrics = Metrics::new();
-    let recent = Arc::new(RecentTraces::new(crate::export::recent::DEFAULT_TRACES));
+    let recent = Arc::new(RecentTraces::new(options.recent_traces));
     let shared: Arc<Shared> = Arc::new(ArcSwap::from_pointee(Snapshot::build(
         config.clone(),
         1,
@@ -318,6 +338,11 @@ impl Running {
     /// The reloader, when started from a file.
     pub fn reloader(&self) -> Option<&Arc<Reloader>> {
         self.reloader.as_ref()
+    }
+
+    /// The traces this process recorded most recently (what `GET /traces` shows).
+    pub fn recent_traces(&self) -> &Arc<RecentTraces> {
+        &self.admin.recent
     }
 
     /// The span sink (for its counters).

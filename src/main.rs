@@ -1,4 +1,6 @@
-//! The `hoptrace` command: `run` serves a config, `check` validates one.
+//! The `hoptrace` command: `run` serves a config, `check` validates one, `demo` shows
+//! per-hop latency on loopback, `demo-app` runs one of the demo's apps (for the Compose and
+//! Kubernetes examples), `health` probes an admin endpoint (for container health checks).
 //! Exit codes: 0 success, 1 invalid config or startup failure, 2 bad command line;
 //! after a second shutdown signal, 130 (SIGINT) or 143 (SIGTERM).
 
@@ -10,6 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hoptrace::config::Config;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
+
+mod demo_cmd;
 
 /// mimalloc instead of glibc malloc: the data path allocates and frees small objects on every
 /// request (header maps, bodies, futures); see BENCHMARKS.md for the measured difference.
@@ -23,9 +27,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "A tracing sidecar: an HTTP reverse proxy that times every hop",
     long_about = "hoptrace runs beside a service and proxies the HTTP traffic into it (inbound \
 listeners) and out of it (outbound listeners), routing by host, path, method and headers to \
-pooled upstream connections.\n\nLog levels come from RUST_LOG (default: info), e.g. \
+pooled upstream connections.\n\nLog levels come from RUST_LOG (default: info; warn for `demo`), e.g. \
 RUST_LOG=hoptrace=debug.",
-    after_help = "Examples:\n  hoptrace check --config /etc/hoptrace/config.toml\n  \
+    after_help = "Examples:\n  hoptrace demo\n  hoptrace check --config /etc/hoptrace/config.toml\n  \
 hoptrace run --config config.example.toml"
 )]
 struct Cli {
@@ -62,6 +66,59 @@ enum Command {
         #[arg(long, short, env = "HOPTRACE_CONFIG")]
         config: PathBuf,
     },
+    /// FizzBuzz as a service on loopback: three apps, each behind its own hoptrace, a
+    /// bounded load, then a per-hop latency table from the recorded spans.
+    ///
+    /// A hub app answers GET /fizzbuzz/{n} by calling a fizzer and a buzzer app (slow for
+    /// multiples of 7) through its sidecar's outbound listener, used as HTTP_PROXY. After the
+    /// load it prints p50/p99 per hop and hoptrace's overhead per hop (the span's duration
+    /// minus the called app's own time from its Server-Timing header), then the sidecars'
+    /// recent-traces pages, and keeps serving until Ctrl-C. With OTEL_EXPORTER_OTLP_ENDPOINT
+    /// set (e.g. http://localhost:4317 for Jaeger), the spans are also exported there.
+    Demo {
+        /// Requests to send (n = 1..=N).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        requests: u64,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        concurrency: u64,
+        /// Exit after printing the table instead of serving until Ctrl-C.
+        #[arg(long)]
+        exit_after_load: bool,
+    },
+    /// Run one FizzBuzz app of the demo on its own (the Compose and Kubernetes examples use
+    /// it behind a hoptrace sidecar).
+    ///
+    /// hub answers GET /fizzbuzz/{n}, fizzer GET /fizz/{n}, buzzer GET /buzz/{n}. The hub
+    /// sends its calls through the HTTP proxy in HTTP_PROXY when set (the sidecar's outbound
+    /// listener), copying traceparent and tracestate from the request it is answering.
+    DemoApp {
+        /// Which app.
+        #[arg(long, value_enum)]
+        role: hoptrace::demo::app::Role,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// hub: base URL of the fizzer.
+        #[arg(long, default_value = "http://fizzer/")]
+        fizzer_url: http::Uri,
+        /// hub: base URL of the buzzer.
+        #[arg(long, default_value = "http://buzzer/")]
+        buzzer_url: http::Uri,
+        /// hub: HTTP proxy for its calls (http://host:port).
+        #[arg(long, env = "HTTP_PROXY")]
+        proxy: Option<String>,
+    },
+    /// GET a URL and exit 0 on a 2xx answer, 1 otherwise (a container health check that
+    /// needs no curl: `hoptrace health --url http://127.0.0.1:9901/live`).
+    Health {
+        /// http:// URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:9901/live")]
+        url: http::Uri,
+        /// Give up after this long, e.g. "2s".
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -72,9 +129,31 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo prints a table on stdout: only warnings and errors on stderr by default.
+    let default_level = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_level);
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Demo {
+            requests,
+            concurrency,
+            exit_after_load,
+        } => exit_code(demo_cmd::run(
+            requests,
+            concurrency as usize,
+            exit_after_load,
+        )),
+        Command::DemoApp {
+            role,
+            listen,
+            fizzer_url,
+            buzzer_url,
+            proxy,
+        } => exit_code(demo_cmd::app(role, listen, fizzer_url, buzzer_url, proxy)),
+        Command::Health { url, timeout } => demo_cmd::health(&url, timeout),
         Command::Run {
             config,
             threads,
@@ -89,12 +168,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|err| {
+        error!("{err:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),

@@ -35,6 +35,11 @@ impl RecentTraces {
         }
     }
 
+    /// How many traces are kept at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Adds spans; a span joins its trace if that trace is still kept (and moves it to the
     /// back, so a trace still growing is not the next one pushed out), else starts a new
     /// entry, pushing out the least recently active trace when full.
