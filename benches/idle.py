@@ -56,8 +56,11 @@ def main():
         sys.exit(f"need {args.connections + 100} file descriptors, the hard limit is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     ensure_tools()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "hoptrace", "--example", "otlp_sink"], cwd=ROOT, check=True)
-    binary = os.path.join(ROOT, "target", "release", "hoptrace")
+    # HOPTRACE_BIN: measure that binary instead of building this checkout (A/B comparisons).
+    binary = os.environ.get("HOPTRACE_BIN")
+    if not binary:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "hoptrace", "--example", "otlp_sink"], cwd=ROOT, check=True)
+        binary = os.path.join(ROOT, "target", "release", "hoptrace")
     sink_bin = os.path.join(ROOT, "target", "release", "examples", "otlp_sink")
     import threading
     LOOP = asyncio.new_event_loop()

@@ -240,8 +240,11 @@ def main():
     ap.add_argument("--json", default=os.path.join(ROOT, "target", "bench", "load.json"))
     args = ap.parse_args()
     ensure_tools()
-    sh("cargo", "build", "--release", "--quiet", "--bin", "hoptrace", "--example", "otlp_sink", cwd=ROOT)
-    binary = os.path.join(ROOT, "target", "release", "hoptrace")
+    # HOPTRACE_BIN: measure that binary instead of building this checkout (A/B comparisons).
+    binary = os.environ.get("HOPTRACE_BIN")
+    if not binary:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "hoptrace", "--example", "otlp_sink"], cwd=ROOT, check=True)
+        binary = os.path.join(ROOT, "target", "release", "hoptrace")
     sink_bin = os.path.join(ROOT, "target", "release", "examples", "otlp_sink")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
 
