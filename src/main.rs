@@ -15,11 +15,6 @@ use tracing::{error, info, warn};
 
 mod demo_cmd;
 
-/// mimalloc instead of glibc malloc: the data path allocates and frees small objects on every
-/// request (header maps, bodies, futures); see BENCHMARKS.md for the measured difference.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "hoptrace",
