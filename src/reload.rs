@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{Shared, Snapshot};
+use crate::tls::ServerCerts;
 
 /// What caused a reload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -74,11 +75,19 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     /// Unix time (ms) of the last applied reload, 0 before any.
     last_applied_ms: AtomicU64,
+    /// TLS listeners' certificates: every reload trigger also re-reads their files.
+    certs: Vec<Arc<ServerCerts>>,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, shared: Arc<Shared>, metrics: Arc<Metrics>) -> Reloader {
+    pub fn new(
+        path: PathBuf,
+        shared: Arc<Shared>,
+        metrics: Arc<Metrics>,
+        certs: Vec<Arc<ServerCerts>>,
+    ) -> Reloader {
         Reloader {
+            certs,
             path,
             shared,
             running: tokio::sync::Mutex::new(()),
@@ -94,9 +103,12 @@ impl Reloader {
         &self.path
     }
 
-    /// Reads, validates and applies the config file: all or nothing.
+    /// Reads, validates and applies the config file: all or nothing. Also re-reads the TLS
+    /// listeners' certificate files (a bad pair is logged and counted; the old one serves).
     pub async fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         let _one_at_a_time = self.running.lock().await;
+        let certs = self.certs.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::tls::refresh_all(&certs)).await;
         let path = self.path.clone();
         // File I/O off the async workers.
         let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
@@ -163,7 +175,15 @@ impl Reloader {
             return ReloadOutcome::RestartRequired { fields };
         }
         let generation = current.generation + 1;
-        let next = Snapshot::build(Arc::new(config), generation, Some(current), &self.metrics);
+        let next = match Snapshot::build(Arc::new(config), generation, Some(current), &self.metrics)
+        {
+            Ok(next) => next,
+            Err(err) => {
+                return ReloadOutcome::Rejected {
+                    errors: vec![err.to_string()],
+                };
+            }
+        };
         self.shared.store(Arc::new(next));
         ReloadOutcome::Applied { generation }
     }

@@ -46,6 +46,7 @@ fn the_view_uses_the_toml_names_and_masks_secrets() {
             "role": "inbound",
             "header_read_timeout": "10s",
             "max_header_bytes": 65536,
+            "tls": null,
         })
     );
     assert_eq!(v["routes"][3]["host"], "*.inventory.internal");
@@ -74,6 +75,7 @@ fn the_view_uses_the_toml_names_and_masks_secrets() {
             "idle_timeout": "1m 30s",
             "max_idle_per_endpoint": 32,
             "failure_backoff": "5s",
+            "tls": null,
         })
     );
     assert_eq!(
