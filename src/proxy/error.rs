@@ -160,11 +160,20 @@ pub(super) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// True when `error` (or a source) is a failed TLS handshake with an upstream.
+/// True when `error` (or a source) is a TLS failure with an upstream: a failed handshake,
+/// or a TLS alert after it (with TLS 1.3 a server that refuses the client certificate says
+/// so only after the client considers the handshake done, on the first read).
 pub(super) fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
-        if e.is::<super::connector::TlsHandshakeError>() {
+        if e.is::<super::connector::TlsHandshakeError>() || e.is::<rustls::Error>() {
+            return true;
+        }
+        // `io::Error::source` skips the error it wraps; look at it directly.
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        if wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
             return true;
         }
         next = e.source();

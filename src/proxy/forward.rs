@@ -248,6 +248,12 @@ fn upstream_error(
                 source: err.into(),
             }
         }
+    } else if is_tls(&err) {
+        ProxyError::Tls {
+            upstream: name,
+            endpoint,
+            source: err.into(),
+        }
     } else {
         ProxyError::Reset {
             upstream: name,

@@ -28,43 +28,49 @@ impl Check<'_> {
         let f = &t.fields;
         let cert = self.required(t, path, "cert", &f.cert, path_value);
         let key = self.required(t, path, "key", &f.key, path_value);
-        let client_ca = self.optional(path, "client_ca", &f.client_ca, path_value)?;
+        let client_ca = self.optional(path, "client_ca", &f.client_ca, path_value);
         let default_auth = match client_ca {
-            Some(_) => ClientAuth::Required,
-            None => ClientAuth::None,
+            Some(Some(_)) => ClientAuth::Required,
+            _ => ClientAuth::None,
         };
-        let client_auth =
-            self.or_default(path, "client_auth", &f.client_auth, default_auth, |s| {
-                value::one_of(s, CLIENT_AUTH)
-            })?;
-        let (cert, key) = (cert?, key?);
-        let (Some(cert_at), Some(key_at)) = (&f.cert, &f.key) else {
-            return None;
+        let client_auth = self.or_default(path, "client_auth", &f.client_auth, default_auth, |s| {
+            value::one_of(s, CLIENT_AUTH)
+        });
+        let pair = match (&cert, &key, &f.cert, &f.key) {
+            (Some(cert), Some(key), Some(cert_at), Some(key_at)) => self
+                .pem_pair(path, ("cert", cert_at, cert), ("key", key_at, key))
+                .is_some(),
+            _ => false,
         };
-        self.pem_pair(path, ("cert", cert_at, &cert), ("key", key_at, &key))?;
-        match (&client_ca, client_auth, &f.client_ca, &f.client_auth) {
-            (Some(ca), ClientAuth::Optional | ClientAuth::Required, Some(at), _) => {
-                let ca_pem = self.pem_file(path, "client_ca", Some(at), ca)?;
-                if let Err(message) = pem::roots(ca, &ca_pem.contents) {
-                    self.error(format!("{path}.client_ca"), &at.span(), message);
-                    return None;
-                }
-            }
+        let (client_ca, client_auth) = (client_ca?, client_auth?);
+        let client_ok = match (&client_ca, client_auth, &f.client_ca, &f.client_auth) {
+            (Some(ca), ClientAuth::Optional | ClientAuth::Required, Some(at), _) => self
+                .pem_file(path, "client_ca", at, ca)
+                .is_some_and(|loaded| match pem::roots(ca, &loaded.contents) {
+                    Ok(_) => true,
+                    Err(message) => {
+                        self.error(format!("{path}.client_ca"), &at.span(), message);
+                        false
+                    }
+                }),
             (None, ClientAuth::Optional | ClientAuth::Required, _, Some(at)) => {
                 let message = "needs client_ca: the CA that client certificates must chain to";
                 self.error(format!("{path}.client_auth"), &at.span(), message);
-                return None;
+                false
             }
             (Some(_), ClientAuth::None, Some(at), _) => {
                 let message = "client_auth = \"none\" would ignore it; remove one of them";
                 self.error(format!("{path}.client_ca"), &at.span(), message);
-                return None;
+                false
             }
-            _ => {}
+            _ => true,
+        };
+        if !(pair && client_ok) {
+            return None;
         }
         Some(ListenerTls {
-            cert,
-            key,
+            cert: cert?,
+            key: key?,
             client_ca,
             client_auth,
         })
@@ -79,35 +85,28 @@ impl Check<'_> {
         let path = &format!("{path}.tls");
         let f = &t.fields;
         let enabled = f.enabled.as_ref().is_none_or(|b| *b.get_ref());
-        let ca = self
-            .optional(path, "ca", &f.ca, path_value)
-            .ok_or(())?
-            .and_then(|ca| {
-                let loaded = self.pem_file(path, "ca", f.ca.as_ref(), &ca)?;
-                let at = f.ca.as_ref()?;
-                match pem::roots(&ca, &loaded.contents) {
+        let ca = match &f.ca {
+            None => Some(None),
+            Some(at) => self
+                .parse(format!("{path}.ca"), at, path_value)
+                .and_then(|file| self.pem_file(path, "ca", at, &file))
+                .and_then(|loaded| match pem::roots(&loaded.path, &loaded.contents) {
                     Ok(_) => Some(Some(loaded)),
                     Err(message) => {
                         self.error(format!("{path}.ca"), &at.span(), message);
                         None
                     }
-                }
-            });
+                }),
+        };
         let server_name = self.optional(path, "server_name", &f.server_name, |s| {
             rustls::pki_types::ServerName::try_from(s)
                 .map(|_| s.to_owned())
                 .map_err(|_| format!("invalid server name {s:?} (expected a DNS name or IP)"))
         });
         let identity = self.identity(path, &f.client_cert, &f.client_key);
-        let (ca, server_name, identity) = (
-            ca.unwrap_or(None),
-            server_name.ok_or(())?,
-            identity.ok_or(())?,
-        );
-        // `ca` is `None` both when unset and after an error: tell them apart by the errors.
-        if f.ca.is_some() && ca.is_none() {
+        let (Some(ca), Some(server_name), Some(identity)) = (ca, server_name, identity) else {
             return Err(());
-        }
+        };
         Ok(enabled.then_some(UpstreamTls {
             ca,
             server_name,
@@ -159,21 +158,24 @@ impl Check<'_> {
         (cert_key, cert_at, cert_file): (&str, &Spanned<String>, &Path),
         (key_key, key_at, key_file): (&str, &Spanned<String>, &Path),
     ) -> Option<(PemFile, PemFile)> {
-        let cert = self.pem_file(path, cert_key, Some(cert_at), cert_file);
-        let key = self.pem_file(path, key_key, Some(key_at), key_file);
+        let cert = self.pem_file(path, cert_key, cert_at, cert_file);
+        let key = self.pem_file(path, key_key, key_at, key_file);
+        // Each file is checked on its own first, so that both can be reported at once.
+        let cert = cert.filter(|cert| match pem::certs(cert_file, &cert.contents) {
+            Ok(_) => true,
+            Err(message) => {
+                self.error(format!("{path}.{cert_key}"), &cert_at.span(), message);
+                false
+            }
+        });
+        let key = key.filter(|key| match pem::key(key_file, &key.contents) {
+            Ok(_) => true,
+            Err(message) => {
+                self.error(format!("{path}.{key_key}"), &key_at.span(), message);
+                false
+            }
+        });
         let (cert, key) = (cert?, key?);
-        let mut ok = true;
-        if let Err(message) = pem::certs(cert_file, &cert.contents) {
-            self.error(format!("{path}.{cert_key}"), &cert_at.span(), message);
-            ok = false;
-        }
-        if let Err(message) = pem::key(key_file, &key.contents) {
-            self.error(format!("{path}.{key_key}"), &key_at.span(), message);
-            ok = false;
-        }
-        if !ok {
-            return None;
-        }
         if let Err(message) =
             pem::certified_key((cert_file, &cert.contents), (key_file, &key.contents))
         {
@@ -188,7 +190,7 @@ impl Check<'_> {
         &mut self,
         path: &str,
         key: &str,
-        at: Option<&Spanned<String>>,
+        at: &Spanned<String>,
         file: &Path,
     ) -> Option<PemFile> {
         match pem::read(file) {
@@ -197,9 +199,7 @@ impl Check<'_> {
                 contents: contents.into(),
             }),
             Err(message) => {
-                if let Some(at) = at {
-                    self.error(format!("{path}.{key}"), &at.span(), message);
-                }
+                self.error(format!("{path}.{key}"), &at.span(), message);
                 None
             }
         }
