@@ -213,8 +213,9 @@ impl Hop {
         }
         client.start = rec.base.start + now.duration_since(rec.started);
         client.peer = Some(peer.clone());
-        // `url.full` names the scheme the request went out with.
+        // `url.full` and `network.protocol.version` say how the request went out.
         client.scheme = if tls { "https" } else { "http" };
+        client.version = req.version();
         rec.client = Some(client);
         rec.client_started = Some(now);
         rec.capture = Some(capture_connection(req));

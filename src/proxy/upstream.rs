@@ -55,6 +55,8 @@ impl Upstream {
                 }),
             };
         let mut connector = HttpConnector::new();
+        // TLS upstreams send `https` URIs; the TLS layer above this connector handles them.
+        connector.enforce_http(tls.is_none());
         connector.set_connect_timeout(Some(config.connect_timeout));
         // Small requests must not wait for Nagle.
         connector.set_nodelay(true);
