@@ -231,8 +231,10 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// The fields that only a restart can change, named as in the file, where `old` and `new`
-/// differ: sockets are bound once, and the exporter (its resource, endpoint and queue) is
-/// built once.
+/// differ: sockets are bound once (a listener's `tls` table too: its acceptor is built with
+/// the socket; its certificate files are re-read without a restart), and the exporter (its
+/// resource, endpoint, TLS files and queue) is built once. `admin.reload_token` is read per
+/// request, so it is reloadable.
 pub fn static_changes(old: &Config, new: &Config) -> Vec<String> {
     let mut fields = Vec::new();
     let mut check = |name: &str, changed: bool| {
@@ -241,7 +243,7 @@ pub fn static_changes(old: &Config, new: &Config) -> Vec<String> {
         }
     };
     check("listeners", old.listeners != new.listeners);
-    check("admin", old.admin != new.admin);
+    check("admin.bind", old.admin.bind != new.admin.bind);
     check("service", old.service != new.service);
     let (a, b) = (&old.tracing, &new.tracing);
     check("tracing.exporter", a.exporter != b.exporter);

@@ -731,5 +731,15 @@ endpoints = ["{}"]
     let view: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(view["config"]["admin"]["reload_token"], "****");
     assert!(!format!("{:?}", proxy.snapshot().config).contains(token));
+
+    // The token is reloadable: after a reload that changes it, only the new one works.
+    let rotated = "rotated-token-0123456789abcdef";
+    files.write("config.toml", &config.replace(token, rotated));
+    let response = post(Some(&format!("Bearer {token}"))).await.unwrap();
+    assert_eq!(body_json(response).await["outcome"], "applied");
+    let response = post(Some(&format!("Bearer {token}"))).await.unwrap();
+    assert_eq!(response.status(), 403);
+    let response = post(Some(&format!("Bearer {rotated}"))).await.unwrap();
+    assert_eq!(response.status(), 200);
     proxy.shutdown().await;
 }
