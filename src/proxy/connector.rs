@@ -95,9 +95,13 @@ impl tower::Service<Uri> for TaggingConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        // The host, without IPv6 brackets, for SNI when no server_name is configured.
-        let host = uri
-            .host()
+        // The host, without IPv6 brackets, for SNI when no server_name is configured (only
+        // a TLS upstream needs it: plain connections allocate nothing more than before).
+        let host = self
+            .tls
+            .as_ref()
+            .filter(|tls| tls.server_name.is_none())
+            .and_then(|_| uri.host())
             .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned());
         let connecting = self.inner.call(uri);
         let metrics = self.metrics.clone();

@@ -304,7 +304,10 @@ fn otlp_headers_compression_timeout_certificate() {
             ("OTEL_BSP_EXPORT_TIMEOUT", "9000"),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
             ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/ignored.pem"),
-            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "/client.pem"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+                "/client.pem",
+            ),
             ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/client.key"),
         ],
     )
