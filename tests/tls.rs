@@ -161,6 +161,8 @@ name = "tls-test"
 bind = "127.0.0.1:0"
 [tracing]
 exporter = "none"
+# /traces is fed by the batcher: flush at once.
+batch_delay = "10ms"
 {listeners}
 {routes}
 {upstreams}
