@@ -7,145 +7,16 @@
 #[path = "common/certs.rs"]
 mod certs;
 mod common;
-
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+#[path = "common/tls_client.rs"]
+mod tls_client;
 
 use bytes::Bytes;
 use certs::{Ca, Files, Leaf};
 use common::otlp::Receiver;
 use common::*;
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::ServerName;
-
-const DEADLINE: Duration = Duration::from_secs(20);
-
-/// One client connection over TLS, speaking what ALPN chose.
-struct TlsConn {
-    alpn: Option<Vec<u8>>,
-    /// The server's leaf certificate, DER.
-    peer: Vec<u8>,
-    sender: Sender,
-}
-
-enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<TestBody>),
-    H2(hyper::client::conn::http2::SendRequest<TestBody>),
-}
-
-async fn connect(addr: SocketAddr, config: rustls::ClientConfig) -> Result<TlsConn, String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = ServerName::try_from("localhost").unwrap();
-    let stream = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (_, session) = stream.get_ref();
-    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-    let peer = session.peer_certificates().unwrap()[0].to_vec();
-    let io = TokioIo::new(stream);
-    let sender = if alpn.as_deref() == Some(b"h2") {
-        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        Sender::H2(sender)
-    } else {
-        let (sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        Sender::H1(sender)
-    };
-    Ok(TlsConn { alpn, peer, sender })
-}
-
-impl TlsConn {
-    async fn get(&mut self, path: &str) -> Result<Response<Incoming>, String> {
-        let request = |version| {
-            Request::get(format!("https://localhost{path}"))
-                .version(version)
-                .header("host", "localhost")
-                .body(full(""))
-                .unwrap()
-        };
-        let sent = match &mut self.sender {
-            Sender::H1(s) => {
-                // Origin form for HTTP/1.1.
-                let mut req = request(http::Version::HTTP_11);
-                *req.uri_mut() = path.parse().unwrap();
-                s.send_request(req).await
-            }
-            Sender::H2(s) => s.send_request(request(http::Version::HTTP_2)).await,
-        };
-        sent.map_err(|e| format!("{e:?}"))
-    }
-}
-
-/// Connects, sends `GET path` and reads the body: `Err` if the handshake or request failed.
-async fn get_over_tls(
-    addr: SocketAddr,
-    config: rustls::ClientConfig,
-    path: &str,
-) -> Result<(StatusCode, String), String> {
-    let mut conn = connect(addr, config).await?;
-    let response = conn.get(path).await?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((
-        status,
-        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-    ))
-}
-
-/// A counter's value from the admin `/metrics` text (0 when the series is absent).
-async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let text = body_string(get(&http1_client(), format!("http://{admin}/metrics")).await).await;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// The spans `/traces` holds, flattened, once there are at least `count` (spans are recorded
-/// when their response body ends, just after the client has it).
-async fn recorded_spans(admin: SocketAddr, count: usize) -> Vec<serde_json::Value> {
-    let fetch = || async {
-        let traces = body_json(get(&http1_client(), format!("http://{admin}/traces")).await).await;
-        traces["traces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|t| t["spans"].as_array().unwrap().clone())
-            .collect::<Vec<_>>()
-    };
-    wait_until("spans in /traces", DEADLINE, || async {
-        fetch().await.len() >= count
-    })
-    .await;
-    fetch().await
-}
-
-fn span_with<'a>(
-    spans: &'a [serde_json::Value],
-    kind: &str,
-    key: &str,
-    value: &str,
-) -> &'a serde_json::Value {
-    spans
-        .iter()
-        .find(|s| s["kind"] == kind && s["attributes"][key] == value)
-        .unwrap_or_else(|| panic!("no {kind} span with {key} = {value}: {spans:#?}"))
-}
+use tls_client::*;
 
 /// `[listeners.tls]` lines for `cert`/`key` files, plus `extra` lines.
 fn listener_tls(cert: &str, key: &str, extra: &str) -> String {
@@ -269,16 +140,6 @@ async fn listener_serves_http1_and_http2_by_alpn_next_to_a_plain_one() {
 
 fn server_for<'a>(spans: &'a [serde_json::Value], path: &str) -> &'a serde_json::Value {
     span_with(spans, "server", "url.path", path)
-}
-
-fn which(program: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(program))
-                .find(|p| p.is_file())
-        })
-        .ok_or(())
 }
 
 #[tokio::test]
@@ -581,7 +442,11 @@ server_name = "app.internal"
         &upstreams,
         &[("/with", "with_cert"), ("/without", "without_cert")],
     );
-    let proxy = start_proxy(&config).await;
+    // From a file, so that a reload can re-read the certificate files.
+    let path = files.write("config.toml", &config);
+    let proxy = hoptrace::app::start_from_file(std::path::Path::new(&path), false)
+        .await
+        .unwrap();
     let addr = proxy.listener_addr("main").unwrap();
     let client = http1_client();
 
@@ -591,6 +456,31 @@ server_name = "app.internal"
     let response = get(&client, format!("http://{addr}/without")).await;
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["x-hoptrace-error"], "tls");
+
+    // The client certificate files are replaced (here by one the upstream does not trust):
+    // a reload sees the new contents and rebuilds the upstream with them.
+    let strangers = Ca::new("stranger CA");
+    let stranger = strangers.client("checkout-sidecar");
+    files.write("client.pem", &stranger.cert_pem);
+    files.write("client-key.pem", &stranger.key_pem);
+    let reload = |admin: std::net::SocketAddr| async move {
+        let request = Request::post(format!("http://{admin}/reload"))
+            .body(full(""))
+            .unwrap();
+        body_json(http1_client().request(request).await.unwrap()).await
+    };
+    let outcome = reload(proxy.admin_addr()).await;
+    assert_eq!(outcome["outcome"], "applied", "{outcome}");
+    let response = get(&client, format!("http://{addr}/with")).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-hoptrace-error"], "tls");
+    // And back to a trusted one.
+    let renewed = clients.client("checkout-sidecar");
+    files.write("client.pem", &renewed.cert_pem);
+    files.write("client-key.pem", &renewed.key_pem);
+    assert_eq!(reload(proxy.admin_addr()).await["outcome"], "applied");
+    let response = get(&client, format!("http://{addr}/with")).await;
+    assert_eq!(response.status(), 200);
     proxy.shutdown().await;
 }
 
