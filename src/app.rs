@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use std::path::Path;
@@ -21,6 +21,7 @@ use crate::export::{ExportTask, SpanSink};
 use crate::metrics::{Metrics, Scraped, ScrapedKind};
 use crate::proxy::{self, ListenerCtx, Shared, Snapshot};
 use crate::reload::{Reloader, Trigger};
+use crate::tls::{Acceptor, ServerCerts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -33,6 +34,10 @@ pub enum StartError {
     },
     #[error(transparent)]
     Exporter(#[from] crate::export::ExporterError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot watch the TLS certificate files: {0}")]
+    TlsWatch(notify::Error),
     #[error("{what} {addr}: cannot bind: {source}")]
     Bind {
         what: String,
@@ -60,6 +65,8 @@ pub struct Running {
     export: ExportTask,
     reloader: Option<Arc<Reloader>>,
     metrics: Arc<Metrics>,
+    /// TLS listeners' certificates, by listener name.
+    certs: Vec<(String, Arc<ServerCerts>)>,
 }
 
 /// Loads `path` (file and `OTEL_*` environment) and starts serving it, with `POST /reload`
@@ -72,6 +79,7 @@ pub async fn start_from_file(path: &Path, watch: bool) -> Result<Running, StartE
         path.to_owned(),
         running.shared.clone(),
         running.metrics.clone(),
+        running.certs.iter().map(|(_, c)| c.clone()).collect(),
     ));
     running.reloader = Some(reloader.clone());
     running.admin.reloader.set(reloader.clone()).ok();
@@ -155,7 +163,28 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         1,
         None,
         &metrics,
-    )));
+    )?));
+    // TLS listeners: certificates loaded before anything is bound, so a bad file fails the
+    // start with a message naming it.
+    let mut certs = Vec::new();
+    let mut acceptors = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let Some(tls) = &listener.tls else {
+            acceptors.push(None);
+            continue;
+        };
+        let (applied, failed) = metrics.tls_cert_reloads(&listener.name);
+        let reloads = crate::tls::CertReloadMetrics { applied, failed };
+        let server_certs = Arc::new(ServerCerts::load(&listener.name, tls, reloads)?);
+        let server_config = crate::tls::server_config(&listener.name, tls, server_certs.clone())?;
+        certs.push((listener.name.clone(), server_certs));
+        acceptors.push(Some(Acceptor {
+            listener: listener.name.as_str().into(),
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server_config)),
+            timeout: listener.header_read_timeout,
+            failures: metrics.tls_handshake_failures(&listener.name),
+        }));
+    }
     let (sink, export) =
         crate::export::spawn(&config, recent.clone(), metrics.export_batch_duration())?;
     let reloader_slot: Arc<OnceLock<Arc<Reloader>>> = Arc::default();
@@ -172,6 +201,16 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         reloader_slot,
     ));
     info!(addr = %admin_addr, "admin listening");
+    if !admin_addr.ip().is_loopback() {
+        match config.admin.reload_token {
+            Some(_) => {
+                info!(addr = %admin_addr, "admin is reachable from other hosts; POST /reload needs the reload token")
+            }
+            None => {
+                warn!(addr = %admin_addr, "admin is reachable from other hosts (/config, /traces, /metrics); POST /reload is refused to them: set [admin] reload_token to allow it")
+            }
+        }
+    }
     let (admin_stop, admin_stop_rx) = watch::channel(false);
     let admin_task = tokio::spawn(admin::serve(admin_socket, admin.clone(), admin_stop_rx));
 
@@ -188,10 +227,22 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let (stop, stop_rx) = watch::channel(false);
     let grace = config.shutdown.grace;
     let mut listeners = Vec::with_capacity(sockets.len());
-    let mut tasks = Vec::with_capacity(sockets.len());
-    for (index, (socket, listener)) in sockets.into_iter().zip(&config.listeners).enumerate() {
+    let mut tasks = Vec::with_capacity(sockets.len() + 1);
+    if !certs.is_empty() {
+        let all = certs.iter().map(|(_, c)| c.clone()).collect();
+        match crate::tls::watch_files(all, stop_rx.clone()) {
+            Ok(task) => tasks.push(task),
+            Err(err) => {
+                let _ = admin_stop.send(true);
+                return Err(StartError::TlsWatch(err));
+            }
+        }
+    }
+    let listening = sockets.into_iter().zip(&config.listeners).zip(acceptors);
+    for (index, ((socket, listener), tls)) in listening.enumerate() {
         let addr = socket.local_addr().unwrap_or(listener.bind);
-        info!(listener = %listener.name, role = ?listener.role, %addr, "listening");
+        let tls_on = tls.is_some();
+        info!(listener = %listener.name, role = ?listener.role, %addr, tls = tls_on, "listening");
         listeners.push((listener.name.clone(), addr));
         let ctx = Arc::new(ListenerCtx {
             name: listener.name.as_str().into(),
@@ -204,7 +255,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         let listener = listener.clone();
         let stop_rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            proxy::serve(socket, ctx, &listener, stop_rx, grace).await
+            proxy::serve(socket, ctx, &listener, tls, stop_rx, grace).await
         }));
     }
 
@@ -223,6 +274,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         export,
         reloader: None,
         metrics,
+        certs,
     })
 }
 
@@ -348,6 +400,11 @@ impl Running {
     /// The span sink (for its counters).
     pub fn span_sink(&self) -> &SpanSink {
         &self.sink
+    }
+
+    /// The certificate store of the TLS listener named `name`.
+    pub fn server_certs(&self, name: &str) -> Option<&Arc<ServerCerts>> {
+        self.certs.iter().find(|(n, _)| n == name).map(|(_, c)| c)
     }
 
     /// The routing snapshot currently served.

@@ -35,6 +35,8 @@ pub struct Metrics {
     connect_timeouts: Family<Labels, Counter>,
     open_connections: Family<Labels, Gauge>,
     export_batch_duration: Histogram,
+    tls_handshake_failures: Family<Labels, Counter>,
+    tls_cert_reloads: Family<Labels, Counter>,
 }
 
 /// A request's counters for one route (or a listener's no-route requests).
@@ -118,7 +120,21 @@ impl Metrics {
             Unit::Seconds,
             export_batch_duration.clone(),
         );
+        let tls_handshake_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "Client TLS handshakes that failed or timed out, by listener",
+            tls_handshake_failures.clone(),
+        );
+        let tls_cert_reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "tls_certificate_reloads",
+            "Listener certificate reloads by outcome (applied, failed: the old one kept serving)",
+            tls_cert_reloads.clone(),
+        );
         Metrics {
+            tls_handshake_failures,
+            tls_cert_reloads,
             registry,
             requests,
             request_duration,
@@ -172,6 +188,25 @@ impl Metrics {
         self.open_connections
             .get_or_create(&vec![("listener", listener.to_string())])
             .clone()
+    }
+
+    /// Failed TLS handshakes on `listener`.
+    pub fn tls_handshake_failures(&self, listener: &str) -> Counter {
+        self.tls_handshake_failures
+            .get_or_create(&vec![("listener", listener.to_string())])
+            .clone()
+    }
+
+    /// Certificate reloads of `listener`: (applied, failed).
+    pub fn tls_cert_reloads(&self, listener: &str) -> (Counter, Counter) {
+        let outcome = |o: &str| {
+            let labels = vec![
+                ("listener", listener.to_string()),
+                ("outcome", o.to_string()),
+            ];
+            self.tls_cert_reloads.get_or_create(&labels).clone()
+        };
+        (outcome("applied"), outcome("failed"))
     }
 
     pub fn export_batch_duration(&self) -> Histogram {

@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{Shared, Snapshot};
+use crate::tls::ServerCerts;
 
 /// What caused a reload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -74,11 +75,19 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     /// Unix time (ms) of the last applied reload, 0 before any.
     last_applied_ms: AtomicU64,
+    /// TLS listeners' certificates: every reload trigger also re-reads their files.
+    certs: Vec<Arc<ServerCerts>>,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, shared: Arc<Shared>, metrics: Arc<Metrics>) -> Reloader {
+    pub fn new(
+        path: PathBuf,
+        shared: Arc<Shared>,
+        metrics: Arc<Metrics>,
+        certs: Vec<Arc<ServerCerts>>,
+    ) -> Reloader {
         Reloader {
+            certs,
             path,
             shared,
             running: tokio::sync::Mutex::new(()),
@@ -94,9 +103,12 @@ impl Reloader {
         &self.path
     }
 
-    /// Reads, validates and applies the config file: all or nothing.
+    /// Reads, validates and applies the config file: all or nothing. Also re-reads the TLS
+    /// listeners' certificate files (a bad pair is logged and counted; the old one serves).
     pub async fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         let _one_at_a_time = self.running.lock().await;
+        let certs = self.certs.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::tls::refresh_all(&certs)).await;
         let path = self.path.clone();
         // File I/O off the async workers.
         let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
@@ -163,7 +175,15 @@ impl Reloader {
             return ReloadOutcome::RestartRequired { fields };
         }
         let generation = current.generation + 1;
-        let next = Snapshot::build(Arc::new(config), generation, Some(current), &self.metrics);
+        let next = match Snapshot::build(Arc::new(config), generation, Some(current), &self.metrics)
+        {
+            Ok(next) => next,
+            Err(err) => {
+                return ReloadOutcome::Rejected {
+                    errors: vec![err.to_string()],
+                };
+            }
+        };
         self.shared.store(Arc::new(next));
         ReloadOutcome::Applied { generation }
     }
@@ -211,8 +231,10 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// The fields that only a restart can change, named as in the file, where `old` and `new`
-/// differ: sockets are bound once, and the exporter (its resource, endpoint and queue) is
-/// built once.
+/// differ: sockets are bound once (a listener's `tls` table too: its acceptor is built with
+/// the socket; its certificate files are re-read without a restart), and the exporter (its
+/// resource, endpoint, TLS files and queue) is built once. `admin.reload_token` is read per
+/// request, so it is reloadable.
 pub fn static_changes(old: &Config, new: &Config) -> Vec<String> {
     let mut fields = Vec::new();
     let mut check = |name: &str, changed: bool| {
@@ -221,7 +243,7 @@ pub fn static_changes(old: &Config, new: &Config) -> Vec<String> {
         }
     };
     check("listeners", old.listeners != new.listeners);
-    check("admin", old.admin != new.admin);
+    check("admin.bind", old.admin.bind != new.admin.bind);
     check("service", old.service != new.service);
     let (a, b) = (&old.tracing, &new.tracing);
     check("tracing.exporter", a.exporter != b.exporter);

@@ -224,7 +224,8 @@ async fn ready_is_503_until_ready_and_while_draining() {
                 .unwrap();
         let metrics = hoptrace::metrics::Metrics::new();
         let snapshot =
-            hoptrace::proxy::Snapshot::build(std::sync::Arc::new(config), 1, None, &metrics);
+            hoptrace::proxy::Snapshot::build(std::sync::Arc::new(config), 1, None, &metrics)
+                .unwrap();
         (
             std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
             std::sync::Arc::new(metrics),

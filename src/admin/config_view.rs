@@ -9,12 +9,13 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use crate::config::{
-    Balance, Compression, Config, ExporterKind, HostMatch, ListenerConfig, OtlpConfig,
-    OtlpProtocol, Protocol, Role, RouteConfig, TracingConfig, UpstreamConfig,
+    Balance, ClientAuth, Compression, Config, ExporterKind, HostMatch, ListenerConfig, ListenerTls,
+    OtlpConfig, OtlpProtocol, PemFile, Protocol, Role, RouteConfig, TracingConfig, UpstreamConfig,
+    UpstreamTls,
 };
 use crate::reload::ReloadStatus;
 
-/// What replaces a secret (OTLP header values): the key stays, so an operator can see that one
+/// What replaces a secret (OTLP header values, the reload token): the key stays, so an operator can see that one
 /// is set.
 pub const MASK: &str = "****";
 
@@ -44,7 +45,10 @@ pub fn view(config: &Config) -> Value {
                 .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
                 .collect::<Map<_, _>>(),
         },
-        "admin": { "bind": config.admin.bind.to_string() },
+        "admin": {
+            "bind": config.admin.bind.to_string(),
+            "reload_token": config.admin.reload_token.as_ref().map(|_| MASK),
+        },
         "shutdown": { "grace": duration(config.shutdown.grace) },
         "listeners": config.listeners.iter().map(listener).collect::<Vec<_>>(),
         "routes": config.routes.iter().map(route).collect::<Vec<_>>(),
@@ -65,6 +69,34 @@ fn listener(l: &ListenerConfig) -> Value {
         "role": role,
         "header_read_timeout": duration(l.header_read_timeout),
         "max_header_bytes": l.max_header_bytes,
+        "tls": l.tls.as_ref().map(listener_tls),
+    })
+}
+
+/// Paths only: the key file's contents are never read for display.
+fn listener_tls(t: &ListenerTls) -> Value {
+    let client_auth = match t.client_auth {
+        ClientAuth::None => "none",
+        ClientAuth::Optional => "optional",
+        ClientAuth::Required => "required",
+    };
+    json!({
+        "cert": t.cert.display().to_string(),
+        "key": t.key.display().to_string(),
+        "client_ca": t.client_ca.as_ref().map(|p| p.display().to_string()),
+        "client_auth": client_auth,
+    })
+}
+
+fn upstream_tls(t: &UpstreamTls) -> Value {
+    let path = |f: &PemFile| f.path.display().to_string();
+    let identity = t.client_identity.as_ref();
+    json!({
+        "enabled": true,
+        "ca": t.ca.as_ref().map(path),
+        "server_name": t.server_name,
+        "client_cert": identity.map(|i| path(&i.cert)),
+        "client_key": identity.map(|i| path(&i.key)),
     })
 }
 
@@ -120,6 +152,7 @@ fn upstream(u: &UpstreamConfig) -> Value {
         "idle_timeout": duration(u.idle_timeout),
         "max_idle_per_endpoint": u.max_idle_per_endpoint,
         "failure_backoff": duration(u.failure_backoff),
+        "tls": u.tls.as_ref().map(upstream_tls),
     })
 }
 
@@ -167,6 +200,8 @@ fn otlp(o: &OtlpConfig) -> Value {
         "compression": compression,
         "timeout": duration(o.timeout),
         "ca_file": o.ca_file.as_ref().map(|p| p.display().to_string()),
+        "client_cert": o.client_cert.as_ref().map(|p| p.display().to_string()),
+        "client_key": o.client_key.as_ref().map(|p| p.display().to_string()),
     })
 }
 

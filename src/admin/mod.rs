@@ -6,6 +6,7 @@
 mod config_view;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -20,12 +21,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::config::Secret;
 use crate::export::recent::RecentTraces;
 use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::reload::{ReloadOutcome, Reloader, Trigger};
 
 mod traces;
+
+#[cfg(test)]
+mod tests;
 
 /// What the admin endpoints report.
 #[derive(Debug)]
@@ -76,7 +81,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
                     let state = state.clone();
                     let builder = builder.clone();
                     tokio::spawn(async move {
-                        let service = service_fn(move |req| handle(state.clone(), req));
+                        let service = service_fn(move |req| handle(state.clone(), remote.ip(), req));
                         if let Err(err) = builder.serve_connection(TokioIo::new(stream), service).await {
                             debug!(client = %remote, error = %err, "admin connection error");
                         }
@@ -94,9 +99,18 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
 
 async fn handle(
     state: Arc<AdminState>,
+    client: IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/reload" {
+        if req.method() == Method::POST {
+            let token = state.shared.load().config.admin.reload_token.clone();
+            let authorization = req.headers().get(header::AUTHORIZATION);
+            if let Err((status, error)) = reload_allowed(client, token.as_ref(), authorization) {
+                warn!(%client, %error, "POST /reload refused");
+                return Ok(json(status, &serde_json::json!({ "error": error })));
+            }
+        }
         return Ok(reload(&state, req.method()).await);
     }
     if req.uri().path() == "/traces" {
@@ -129,6 +143,43 @@ async fn handle(
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     Ok(response)
+}
+
+/// Who may `POST /reload`: with `[admin] reload_token` set, any client that sends
+/// `Authorization: Bearer <token>` (and no one else, loopback included: a token is set so
+/// that it is checked); without one, loopback clients only (other containers of a pod share
+/// loopback, other hosts do not). Errors are (401 | 403, reason).
+fn reload_allowed(
+    client: IpAddr,
+    token: Option<&Secret>,
+    authorization: Option<&http::HeaderValue>,
+) -> Result<(), (StatusCode, &'static str)> {
+    let Some(token) = token else {
+        if client.is_loopback() || client.to_canonical().is_loopback() {
+            return Ok(());
+        }
+        return Err((
+            StatusCode::FORBIDDEN,
+            "POST /reload is allowed from loopback only unless [admin] reload_token is set",
+        ));
+    };
+    let Some(given) = authorization.and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")) else {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer <reload_token>",
+        ));
+    };
+    if constant_time_eq(given, token.0.as_bytes()) {
+        Ok(())
+    } else {
+        Err((StatusCode::FORBIDDEN, "wrong reload token"))
+    }
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much of a guess
+/// was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `POST /reload`: reload now, answer with the outcome (200 applied or unchanged, 400

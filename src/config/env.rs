@@ -235,6 +235,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         if let Some(var) = self.otlp_var("CERTIFICATE") {
             o.ca_file = Some(PathBuf::from(var.value));
         }
+        if let Some(var) = self.otlp_var("CLIENT_CERTIFICATE") {
+            o.client_cert = Some(PathBuf::from(var.value));
+        }
+        if let Some(var) = self.otlp_var("CLIENT_KEY") {
+            o.client_key = Some(PathBuf::from(var.value));
+        }
     }
 
     /// Batch span processor. A batch larger than the queue could never fill: an explicit

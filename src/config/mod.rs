@@ -8,13 +8,15 @@
 
 mod env;
 mod error;
+pub mod pem;
 mod raw;
 mod validate;
 pub mod watch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::error::{ConfigError, ConfigErrors, LoadError};
@@ -47,6 +49,9 @@ pub struct ServiceConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
+    /// When set, `POST /reload` needs `Authorization: Bearer <token>` from every client;
+    /// when not, it is allowed from loopback clients only.
+    pub reload_token: Option<Secret>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +85,63 @@ pub struct ListenerConfig {
     pub header_read_timeout: Duration,
     /// Largest request header section accepted; larger gets 431.
     pub max_header_bytes: usize,
+    /// TLS termination (`[listeners.tls]`); plain HTTP when `None`.
+    pub tls: Option<ListenerTls>,
+}
+
+/// Whether a TLS listener asks clients for a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientAuth {
+    /// No client certificate is requested.
+    None,
+    /// Requested; a client without one is served, one with an untrusted one is refused.
+    Optional,
+    /// A certificate signed by `client_ca` is required for the handshake to succeed.
+    Required,
+}
+
+/// `[listeners.tls]`. Only paths: the certificate and key are read when the listener starts
+/// and again whenever the files change (rotation without restart), not kept in the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert`.
+    pub key: PathBuf,
+    /// PEM CA certificates that client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+}
+
+/// A PEM file read when the config is loaded. `Debug` shows the path only; equality compares
+/// the contents too, so a reload notices a file that was replaced under the same name.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PemFile {
+    pub path: PathBuf,
+    pub contents: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for PemFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PemFile({:?})", self.path)
+    }
+}
+
+/// `[upstreams.NAME.tls]`: connections to the endpoints are TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// CA certificates the endpoints' certificates must chain to; the system roots if `None`.
+    pub ca: Option<PemFile>,
+    /// SNI and the name the certificate must carry; the endpoint's host if `None`.
+    pub server_name: Option<String>,
+    /// Client certificate and key (mTLS), both or neither.
+    pub client_identity: Option<ClientIdentity>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientIdentity {
+    pub cert: PemFile,
+    pub key: PemFile,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,6 +246,9 @@ pub struct OtlpConfig {
     pub timeout: Duration,
     /// PEM file of CA certificates to trust for an `https` endpoint (else the system roots).
     pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key presented to the collector (mTLS), both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for TracingConfig {
@@ -211,6 +276,8 @@ impl Default for TracingConfig {
                 compression: Compression::None,
                 timeout: Duration::from_secs(10),
                 ca_file: None,
+                client_cert: None,
+                client_key: None,
             },
         }
     }
@@ -275,6 +342,8 @@ pub struct UpstreamConfig {
     pub max_idle_per_endpoint: usize,
     /// An endpoint that refused a connection is skipped for this long.
     pub failure_backoff: Duration,
+    /// TLS to the endpoints (`[upstreams.NAME.tls]`); plain TCP when `None`.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Config {

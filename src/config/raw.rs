@@ -26,6 +26,7 @@ pub(super) struct Service {
 #[serde(deny_unknown_fields)]
 pub(super) struct Admin {
     pub bind: Option<Spanned<String>>,
+    pub reload_token: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +50,18 @@ pub(super) struct Listener {
     pub header_read_timeout: Option<Spanned<String>>,
     // Signed so that a negative number gets a range error rather than a type error.
     pub max_header_bytes: Option<Spanned<i64>>,
+    /// `[listeners.tls]` is read as its own table (`ListenerTls`); listed so it is allowed.
+    #[allow(dead_code)]
+    pub tls: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListenerTls {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub client_ca: Option<Spanned<String>>,
+    pub client_auth: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +107,8 @@ pub(super) struct Otlp {
     pub compression: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,10 +122,31 @@ pub(super) struct Upstream {
     pub idle_timeout: Option<Spanned<String>>,
     pub max_idle_per_endpoint: Option<Spanned<i64>>,
     pub failure_backoff: Option<Spanned<String>>,
+    /// `[upstreams.NAME.tls]` is read as its own table (`UpstreamTls`); listed so it is allowed.
+    #[allow(dead_code)]
+    pub tls: Option<serde::de::IgnoredAny>,
 }
 
-/// `[upstreams.NAME]`: the name, and the table unless it was not a table at all.
-pub(super) type NamedUpstream = (Spanned<String>, Option<Table<Upstream>>);
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpstreamTls {
+    pub enabled: Option<Spanned<bool>>,
+    pub ca: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
+}
+
+/// `[upstreams.NAME]`: the name, the table unless it was not a table at all, and its `tls`
+/// table if it has one.
+pub(super) type NamedUpstream = (
+    Spanned<String>,
+    Option<Table<Upstream>>,
+    Option<Table<UpstreamTls>>,
+);
+
+/// `[[listeners]]` element: the table, and its `tls` table if it has one.
+pub(super) type ListenerTables = (Option<Table<Listener>>, Option<Table<ListenerTls>>);
 
 /// Top-level keys, in the order the docs present them.
 const SECTIONS: &[&str] = &[
@@ -148,7 +184,7 @@ pub(super) struct Document {
     pub admin: Option<Table<Admin>>,
     pub shutdown: Option<Table<Shutdown>>,
     pub access_log: Option<Table<AccessLog>>,
-    pub listeners: Vec<Option<Table<Listener>>>,
+    pub listeners: Vec<ListenerTables>,
     pub routes: Vec<Option<Table<Route>>>,
     pub upstreams: Vec<NamedUpstream>,
     pub tracing: Option<Table<Tracing>>,
@@ -216,7 +252,7 @@ impl Reader<'_, '_> {
                 "admin" => self.table(name, value).map(|t| doc.admin = Some(t)),
                 "shutdown" => self.table(name, value).map(|t| doc.shutdown = Some(t)),
                 "access_log" => self.table(name, value).map(|t| doc.access_log = Some(t)),
-                "listeners" => self.array(name, value).map(|v| doc.listeners = v),
+                "listeners" => self.listeners(value).map(|v| doc.listeners = v),
                 "routes" => self.array(name, value).map(|v| doc.routes = v),
                 "upstreams" => self.upstreams(value).map(|v| doc.upstreams = v),
                 "tracing" => self.tracing(value, &mut doc),
@@ -268,7 +304,8 @@ impl Reader<'_, '_> {
                     .map(|(name, item)| {
                         let path = format!("upstreams.{}", key_segment(name.get_ref()));
                         let name = Spanned::new(name.span(), name.get_ref().to_string());
-                        (name, self.table(&path, item))
+                        let (item, tls) = self.take_sub(&path, "tls", item);
+                        (name, self.table(&path, item), tls)
                     })
                     .collect(),
             ),
@@ -280,6 +317,53 @@ impl Reader<'_, '_> {
                 self.error("upstreams".to_owned(), span.start, message);
                 None
             }
+        }
+    }
+
+    /// `[[listeners]]`, each with its `[listeners.tls]` taken out and read on its own, so its
+    /// errors name `listeners[0].tls.KEY`.
+    fn listeners(&mut self, value: Spanned<DeValue<'_>>) -> Option<Vec<ListenerTables>> {
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Array(items) => Some(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        let path = format!("listeners[{i}]");
+                        let (item, tls) = self.take_sub(&path, "tls", item);
+                        (self.table(&path, item), tls)
+                    })
+                    .collect(),
+            ),
+            other => {
+                let message = format!(
+                    "expected an array of tables ([[listeners]]), found {}",
+                    other.type_str()
+                );
+                self.error("listeners".to_owned(), span.start, message);
+                None
+            }
+        }
+    }
+
+    /// Takes the sub-table `key` out of a table value and reads it as `T` under
+    /// `{path}.{key}`; the rest is returned to be read as the outer table.
+    fn take_sub<'v, T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        key: &str,
+        value: Spanned<DeValue<'v>>,
+    ) -> (Spanned<DeValue<'v>>, Option<Table<T>>) {
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Table(mut table) => {
+                let sub = table
+                    .remove(key)
+                    .and_then(|sub| self.table(&format!("{path}.{key}"), sub));
+                (Spanned::new(span, DeValue::Table(table)), sub)
+            }
+            other => (Spanned::new(span, other), None),
         }
     }
 

@@ -5,6 +5,7 @@
 mod route;
 #[cfg(test)]
 mod tests;
+mod tls;
 pub(super) mod tracing;
 mod upstream;
 pub(super) mod value;
@@ -18,7 +19,7 @@ use toml::Spanned;
 use super::raw::{self, Document, Span, Table};
 use super::{
     AdminConfig, Balance, Config, ConfigError, ConfigErrors, ListenerConfig, Protocol, Role,
-    ServiceConfig, ShutdownConfig,
+    Secret, ServiceConfig, ShutdownConfig, UpstreamConfig,
 };
 
 const ROLES: &[(&str, Role)] = &[
@@ -151,6 +152,18 @@ impl Check<'_> {
             ),
             None => Some(DEFAULT_ADMIN_BIND),
         };
+        let reload_token = match &doc.admin {
+            // A secret: the message never repeats the value.
+            Some(t) => self.optional("admin", "reload_token", &t.fields.reload_token, |s| {
+                if s.len() < 16 {
+                    return Err("must be at least 16 characters (value not shown)".to_owned());
+                }
+                http::HeaderValue::from_str(&format!("Bearer {s}"))
+                    .map(|_| Secret(s.to_owned()))
+                    .map_err(|_| "invalid characters for a header (value not shown)".to_owned())
+            }),
+            None => Some(None),
+        };
         let shutdown = match &doc.shutdown {
             Some(t) => {
                 let grace = Duration::from_secs(30);
@@ -165,15 +178,31 @@ impl Check<'_> {
                 .push(ConfigError::new("listeners", None, message));
         }
         let mut listeners = Vec::new();
-        for (i, table) in doc.listeners.iter().enumerate() {
-            listeners.push(table.as_ref().and_then(|t| self.listener(i, t)));
+        for (i, (table, tls)) in doc.listeners.iter().enumerate() {
+            let tls = match tls {
+                Some(t) => self.listener_tls(&format!("listeners[{i}]"), t).map(Some),
+                None => Some(None),
+            };
+            let listener = table.as_ref().and_then(|t| self.listener(i, t));
+            listeners.push(
+                listener
+                    .zip(tls)
+                    .map(|(l, tls)| ListenerConfig { tls, ..l }),
+            );
         }
         self.listener_conflicts(doc, admin);
 
         let mut upstreams = BTreeMap::new();
-        for (name, table) in &doc.upstreams {
+        for (name, table, tls) in &doc.upstreams {
             let path = format!("upstreams.{}", raw::key_segment(name.get_ref()));
+            let tls = match tls {
+                Some(t) => self.upstream_tls(&path, t).ok(),
+                None => Some(None),
+            };
             let upstream = table.as_ref().and_then(|t| self.upstream(&path, t));
+            let upstream = upstream
+                .zip(tls)
+                .map(|(u, tls)| UpstreamConfig { tls, ..u });
             upstreams.insert(name.get_ref().clone(), upstream);
         }
 
@@ -185,7 +214,10 @@ impl Check<'_> {
                 name: service?,
                 resource_attributes: Vec::new(),
             },
-            admin: AdminConfig { bind: admin? },
+            admin: AdminConfig {
+                bind: admin?,
+                reload_token: reload_token?,
+            },
             shutdown: ShutdownConfig { grace: shutdown? },
             access_log: super::AccessLogConfig {
                 enabled: doc
@@ -241,6 +273,7 @@ impl Check<'_> {
             role: role?,
             header_read_timeout: header_read_timeout?,
             max_header_bytes: max_header_bytes?,
+            tls: None,
         })
     }
 
@@ -252,7 +285,7 @@ impl Check<'_> {
             binds.push((admin, "admin.bind".to_owned()));
         }
         for (i, table) in doc.listeners.iter().enumerate() {
-            let Some(f) = table.as_ref().map(|t| &t.fields) else {
+            let Some(f) = table.0.as_ref().map(|t| &t.fields) else {
                 continue;
             };
             if let Some(name) = f.name.as_ref().filter(|n| !n.get_ref().is_empty()) {

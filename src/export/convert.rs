@@ -145,10 +145,12 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
         }
         SpanKind::Client => {
             let host = host.unwrap_or_default();
-            let port = port.unwrap_or(80);
+            // The scheme's default port: 443 when the upstream connection is TLS.
+            let default_port = if span.scheme == "https" { 443 } else { 80 };
+            let port = port.unwrap_or(default_port);
             attrs.push(KeyValue::new("server.address", host.clone()));
             attrs.push(KeyValue::new("server.port", i64::from(port)));
-            let authority = if port == 80 {
+            let authority = if port == default_port {
                 host
             } else {
                 format!("{host}:{port}")

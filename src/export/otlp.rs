@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
-use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanExporter as _;
@@ -24,6 +24,8 @@ pub enum ExporterError {
     },
     #[error("tracing.otlp.ca_file {path}: no PEM certificate in it")]
     NoCertificate { path: std::path::PathBuf },
+    #[error("tracing.otlp.client_cert / client_key: {0}")]
+    ClientIdentity(String),
     #[error("tracing.otlp: cannot set up TLS: {0}")]
     Tls(String),
     #[error("tracing.otlp: cannot build the OTLP exporter: {0}")]
@@ -65,6 +67,9 @@ pub fn build(
                     })?;
                     tls = tls.ca_certificate(Certificate::from_pem(pem));
                 }
+                if let Some((cert, key)) = client_identity(config)? {
+                    tls = tls.identity(Identity::from_pem(cert, key));
+                }
                 builder = builder.with_tls_config(tls);
             }
             builder.build()?
@@ -77,7 +82,7 @@ pub fn build(
                 .collect();
             let client = super::partial::CheckingClient {
                 inner: opentelemetry_http::hyper::HyperClient::new(
-                    https_connector(config.ca_file.as_deref())?,
+                    https_connector(config)?,
                     config.timeout,
                     None,
                 ),
@@ -99,10 +104,32 @@ pub fn build(
     Ok(exporter)
 }
 
+/// A certificate chain and its key, PEM.
+type PemPair = (Vec<u8>, Vec<u8>);
+
+/// The collector client certificate and key (PEM), read and checked to form a pair. Both or
+/// neither are set (validation; an `OTEL_EXPORTER_OTLP_CLIENT_*` variable may set one).
+fn client_identity(config: &OtlpConfig) -> Result<Option<PemPair>, ExporterError> {
+    let (cert, key) = match (&config.client_cert, &config.client_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => {
+            let message = "both are needed, or neither".to_owned();
+            return Err(ExporterError::ClientIdentity(message));
+        }
+    };
+    let cert_pem = crate::config::pem::read(cert).map_err(ExporterError::ClientIdentity)?;
+    let key_pem = crate::config::pem::read(key).map_err(ExporterError::ClientIdentity)?;
+    crate::config::pem::certified_key((cert, &cert_pem), (key, &key_pem))
+        .map_err(ExporterError::ClientIdentity)?;
+    Ok(Some((cert_pem, key_pem)))
+}
+
 /// A connector for `http` and `https` collector URLs: rustls with the ring provider,
-/// trusting `ca_file` when given, else the system's roots.
+/// trusting `ca_file` when given, else the system's roots, presenting the client
+/// certificate when one is configured.
 fn https_connector(
-    ca_file: Option<&std::path::Path>,
+    config: &OtlpConfig,
 ) -> Result<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     ExporterError,
@@ -114,6 +141,7 @@ fn https_connector(
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ExporterError::Tls(e.to_string()))?;
+    let ca_file = config.ca_file.as_deref();
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -138,7 +166,26 @@ fn https_connector(
             roots.add_parsable_certificates(native.certs);
         }
     }
-    let tls = builder.with_root_certificates(roots).with_no_client_auth();
+    let builder = builder.with_root_certificates(roots);
+    let tls = match client_identity(config)? {
+        Some((cert, key)) => {
+            let path = config
+                .client_cert
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            let chain =
+                crate::config::pem::certs(path, &cert).map_err(ExporterError::ClientIdentity)?;
+            let path = config
+                .client_key
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            let key = crate::config::pem::key(path, &key).map_err(ExporterError::ClientIdentity)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ExporterError::ClientIdentity(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()

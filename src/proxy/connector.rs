@@ -1,20 +1,25 @@
-//! The upstream connector: hyper-util's `HttpConnector`, with each connection tagged with
-//! the moment it was established, so a CLIENT span can say whether its request got a new
-//! connection or a pooled one.
+//! The upstream connector: hyper-util's `HttpConnector`, then a TLS handshake for a TLS
+//! upstream, with each connection tagged with the moment it was established, so a CLIENT span
+//! can say whether its request got a new connection or a pooled one.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::metrics::ConnectMetrics;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Attached to every upstream connection (readable through `capture_connection`).
 #[derive(Clone, Copy, Debug)]
@@ -25,35 +30,82 @@ pub struct ConnMeta {
 /// A connection and its `ConnMeta`.
 #[derive(Debug)]
 pub struct Tagged {
-    io: TokioIo<TcpStream>,
+    io: Io,
     meta: ConnMeta,
+}
+
+#[derive(Debug)]
+enum Io {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+}
+
+/// How a TLS upstream's connections are set up.
+#[derive(Clone)]
+pub struct TlsConnect {
+    pub connector: tokio_rustls::TlsConnector,
+    /// SNI and the name the certificate must carry; the endpoint's host when `None`.
+    pub server_name: Option<ServerName<'static>>,
+    /// Bound on the handshake (the upstream's `connect_timeout`).
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for TlsConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnect")
+            .field("server_name", &self.server_name)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A TLS handshake with an upstream endpoint failed (`error.type` `tls`).
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake with {server_name} failed: {source}")]
+pub struct TlsHandshakeError {
+    pub server_name: String,
+    pub source: io::Error,
 }
 
 #[derive(Clone, Debug)]
 pub struct TaggingConnector {
     inner: HttpConnector,
     metrics: ConnectMetrics,
+    tls: Option<Arc<TlsConnect>>,
 }
 
 impl TaggingConnector {
-    pub fn new(inner: HttpConnector, metrics: ConnectMetrics) -> Self {
-        TaggingConnector { inner, metrics }
+    pub fn new(inner: HttpConnector, metrics: ConnectMetrics, tls: Option<TlsConnect>) -> Self {
+        TaggingConnector {
+            inner,
+            metrics,
+            tls: tls.map(Arc::new),
+        }
     }
 }
 
 impl tower::Service<Uri> for TaggingConnector {
     type Response = Tagged;
-    type Error = <HttpConnector as tower::Service<Uri>>::Error;
+    type Error = BoxError;
     // Boxed: one allocation per new connection, not per request.
     type Future = Pin<Box<dyn Future<Output = Result<Tagged, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        // The host, without IPv6 brackets, for SNI when no server_name is configured (only
+        // a TLS upstream needs it: plain connections allocate nothing more than before).
+        let host = self
+            .tls
+            .as_ref()
+            .filter(|tls| tls.server_name.is_none())
+            .and_then(|_| uri.host())
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned());
         let connecting = self.inner.call(uri);
         let metrics = self.metrics.clone();
+        let tls = self.tls.clone();
         metrics.attempts.inc();
         Box::pin(async move {
             let io = connecting.await.inspect_err(|err| {
@@ -62,6 +114,20 @@ impl tower::Service<Uri> for TaggingConnector {
                     metrics.timeouts.inc();
                 }
             })?;
+            let io = match tls {
+                None => Io::Plain(io),
+                Some(tls) => {
+                    let tls = handshake(&tls, host, io.into_inner())
+                        .await
+                        .inspect_err(|err| {
+                            metrics.failures.inc();
+                            if super::error::is_timeout(err.as_ref()) {
+                                metrics.timeouts.inc();
+                            }
+                        })?;
+                    Io::Tls(Box::new(TokioIo::new(tls)))
+                }
+            };
             Ok(Tagged {
                 io,
                 meta: ConnMeta {
@@ -72,10 +138,73 @@ impl tower::Service<Uri> for TaggingConnector {
     }
 }
 
+async fn handshake(
+    tls: &TlsConnect,
+    host: Option<String>,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, BoxError> {
+    let server_name = match (&tls.server_name, host) {
+        (Some(name), _) => name.clone(),
+        (None, Some(host)) => ServerName::try_from(host.clone()).map_err(|_| {
+            let source = io::Error::new(io::ErrorKind::InvalidInput, "not a valid server name");
+            TlsHandshakeError {
+                server_name: host,
+                source,
+            }
+        })?,
+        (None, None) => {
+            let source = io::Error::new(io::ErrorKind::InvalidInput, "no host to verify");
+            let server_name = String::new();
+            return Err(TlsHandshakeError {
+                server_name,
+                source,
+            }
+            .into());
+        }
+    };
+    let name = server_name.to_str().into_owned();
+    match tokio::time::timeout(tls.timeout, tls.connector.connect(server_name, tcp)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(TlsHandshakeError {
+            server_name: name,
+            source,
+        }
+        .into()),
+        // An I/O timeout, as the TCP connect reports one: classified as connect_timeout.
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("TLS handshake with {name} timed out"),
+        )
+        .into()),
+    }
+}
+
 impl Connection for Tagged {
     fn connected(&self) -> Connected {
-        self.io.connected().extra(self.meta)
+        let connected = match &self.io {
+            Io::Plain(io) => io.connected(),
+            Io::Tls(io) => {
+                let (tcp, session) = io.inner().get_ref();
+                let connected = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
+        };
+        connected.extra(self.meta)
     }
+}
+
+/// Calls `$method` on whichever stream `$io` holds.
+macro_rules! delegate {
+    ($io:expr, $method:ident($($arg:expr),*)) => {
+        match $io {
+            Io::Plain(io) => Pin::new(io).$method($($arg),*),
+            Io::Tls(io) => Pin::new(io.as_mut()).$method($($arg),*),
+        }
+    };
 }
 
 impl Read for Tagged {
@@ -84,7 +213,7 @@ impl Read for Tagged {
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        delegate!(&mut self.get_mut().io, poll_read(cx, buf))
     }
 }
 
@@ -94,19 +223,22 @@ impl Write for Tagged {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        delegate!(&mut self.get_mut().io, poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        delegate!(&mut self.get_mut().io, poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        delegate!(&mut self.get_mut().io, poll_shutdown(cx))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
     }
 
     fn poll_write_vectored(
@@ -114,7 +246,7 @@ impl Write for Tagged {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        delegate!(&mut self.get_mut().io, poll_write_vectored(cx, bufs))
     }
 }
 

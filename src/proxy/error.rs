@@ -9,6 +9,7 @@
 //! | upstream empty     | 503    | `no_healthy_upstream` |
 //! | connect refused    | 502    | `connect_error`    |
 //! | connect timed out  | 504    | `connect_timeout`  |
+//! | TLS handshake with the upstream failed | 502 | `tls` |
 //! | no response headers within `request_timeout` | 504 | `timeout` |
 //! | reset / closed before response headers | 502 | `upstream_reset` |
 //!
@@ -41,6 +42,12 @@ pub enum ProxyError {
         endpoint: Endpoint,
         source: BoxError,
     },
+    #[error("upstream {upstream} endpoint {endpoint}: {}", source_chain(source.as_ref()))]
+    Tls {
+        upstream: Arc<str>,
+        endpoint: Endpoint,
+        source: BoxError,
+    },
     #[error("upstream {upstream} endpoint {endpoint}: connect timed out after {timeout:?}")]
     ConnectTimeout {
         upstream: Arc<str>,
@@ -68,7 +75,9 @@ impl ProxyError {
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BadTarget(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. } | ProxyError::Tls { .. } | ProxyError::Reset { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -82,6 +91,7 @@ impl ProxyError {
             ProxyError::ConnectMethod | ProxyError::BadTarget(_) => "bad_request",
             ProxyError::NoEndpoint { .. } => "no_healthy_upstream",
             ProxyError::Connect { .. } => "connect_error",
+            ProxyError::Tls { .. } => "tls",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::Reset { .. } => "upstream_reset",
@@ -97,6 +107,7 @@ impl ProxyError {
             ProxyError::BadTarget(_) => "hoptrace: bad request target\n",
             ProxyError::NoEndpoint { .. } => "hoptrace: no upstream endpoint available\n",
             ProxyError::Connect { .. } => "hoptrace: upstream connection failed\n",
+            ProxyError::Tls { .. } => "hoptrace: upstream TLS handshake failed\n",
             ProxyError::ConnectTimeout { .. } => "hoptrace: upstream connect timed out\n",
             ProxyError::Timeout { .. } => "hoptrace: upstream timed out\n",
             ProxyError::Reset { .. } => "hoptrace: upstream closed the connection\n",
@@ -143,6 +154,27 @@ pub(super) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return true;
             }
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// True when `error` (or a source) is a TLS failure with an upstream: a failed handshake,
+/// or a TLS alert after it (with TLS 1.3 a server that refuses the client certificate says
+/// so only after the client considers the handshake done, on the first read).
+pub(super) fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<super::connector::TlsHandshakeError>() || e.is::<rustls::Error>() {
+            return true;
+        }
+        // `io::Error::source` skips the error it wraps; look at it directly.
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        if wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return true;
         }
         next = e.source();
     }

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, info, warn};
 
 use super::body::{AccessEntry, RequestDone, ResponseBody};
-use super::error::{ProxyError, is_timeout};
+use super::error::{ProxyError, is_timeout, is_tls};
 use super::headers::{add_forwarded, is_upgrade_request, remove_hop_by_hop};
 use super::hop::Hop;
 use super::listener::{ConnInfo, ListenerCtx};
@@ -147,7 +147,8 @@ async fn forward(
     let client_upgrade = (req.version() == Version::HTTP_11 && is_upgrade_request(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
     remove_hop_by_hop(req.headers_mut(), client_upgrade.is_some());
-    add_forwarded(req.headers_mut(), conn.remote.ip(), "http", host_header);
+    let proto = if conn.tls { "https" } else { "http" };
+    add_forwarded(req.headers_mut(), conn.remote.ip(), proto, host_header);
 
     let in_flight = InFlight::pick(&upstream).ok_or_else(|| ProxyError::NoEndpoint {
         upstream: upstream.name.clone(),
@@ -164,7 +165,7 @@ async fn forward(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(upstream.scheme())
         .authority(endpoint.authority.clone())
         .path_and_query(path)
         .build()
@@ -172,7 +173,7 @@ async fn forward(
     let client_version = req.version();
     *req.version_mut() = upstream.version();
     if let Some(hop) = hop.as_deref_mut() {
-        hop.attempt(&endpoint.authority, &mut req);
+        hop.attempt(&endpoint.authority, upstream.tls(), &mut req);
     }
 
     let started = Instant::now();
@@ -234,12 +235,24 @@ fn upstream_error(
                 endpoint,
                 timeout: upstream.config.connect_timeout,
             }
+        } else if is_tls(&err) {
+            ProxyError::Tls {
+                upstream: name,
+                endpoint,
+                source: err.into(),
+            }
         } else {
             ProxyError::Connect {
                 upstream: name,
                 endpoint,
                 source: err.into(),
             }
+        }
+    } else if is_tls(&err) {
+        ProxyError::Tls {
+            upstream: name,
+            endpoint,
+            source: err.into(),
         }
     } else {
         ProxyError::Reset {

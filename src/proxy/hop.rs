@@ -131,7 +131,7 @@ impl Hop {
                     route: template,
                     target: req.uri().clone(),
                     host: headers.get(header::HOST).cloned(),
-                    scheme: "http",
+                    scheme: if conn.tls { "https" } else { "http" },
                     version: req.version(),
                     client_addr: conn.remote,
                     local_addr: conn.local,
@@ -194,8 +194,8 @@ impl Hop {
         }
     }
 
-    /// An upstream attempt begins (CLIENT span start) on `peer`.
-    pub fn attempt(&mut self, peer: &Authority, req: &mut Request<Incoming>) {
+    /// An upstream attempt begins (CLIENT span start) on `peer`, over TLS if `tls`.
+    pub fn attempt(&mut self, peer: &Authority, tls: bool, req: &mut Request<Incoming>) {
         let Some(rec) = self.recording.as_mut() else {
             return;
         };
@@ -213,6 +213,9 @@ impl Hop {
         }
         client.start = rec.base.start + now.duration_since(rec.started);
         client.peer = Some(peer.clone());
+        // `url.full` and `network.protocol.version` say how the request went out.
+        client.scheme = if tls { "https" } else { "http" };
+        client.version = req.version();
         rec.client = Some(client);
         rec.client_started = Some(now);
         rec.capture = Some(capture_connection(req));

@@ -18,6 +18,7 @@ use super::forward;
 use super::snapshot::Shared;
 use crate::config::{ListenerConfig, Role};
 use crate::export::SpanSink;
+use crate::tls::Acceptor;
 
 /// What every request of a listener shares.
 #[derive(Debug)]
@@ -38,17 +39,21 @@ pub struct ListenerCtx {
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// The connection is TLS (`url.scheme` https, `X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 /// How long to wait after a failed `accept` (e.g. out of file descriptors) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `listener` until `stop` turns true, then drains: waits for in-flight requests on
-/// open connections for at most `grace`.
+/// open connections for at most `grace`. With `tls`, each connection is a TLS handshake
+/// first; HTTP/1.1 or HTTP/2 then follows from what the client sends (ALPN offers both).
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<ListenerCtx>,
     config: &ListenerConfig,
+    tls: Option<Acceptor>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -74,17 +79,31 @@ pub async fn serve(
                     if let Err(err) = stream.set_nodelay(true) {
                         debug!(error = %err, "set_nodelay failed");
                     }
-                    let conn = ConnInfo { remote, local };
+                    let conn = ConnInfo { remote, local, tls: tls.is_some() };
                     let open = ctx.open_connections.clone();
                     let ctx = ctx.clone();
                     let service = service_fn(move |req| forward::handle(ctx.clone(), conn, req));
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
+                    let tls = tls.clone();
                     open.inc();
                     tokio::spawn(async move {
-                        let connection =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        if let Err(err) = watcher.watch(connection).await {
+                        let served = match tls {
+                            None => {
+                                let connection = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                                watcher.watch(connection).await
+                            }
+                            Some(tls) => match tls.handshake(stream, remote).await {
+                                Some(stream) => {
+                                    let connection = builder
+                                        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                                    watcher.watch(connection).await
+                                }
+                                None => Ok(()),
+                            },
+                        };
+                        if let Err(err) = served {
                             debug!(client = %remote, error = %err, "connection ended with an error");
                         }
                         open.dec();

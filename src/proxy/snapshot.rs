@@ -11,6 +11,7 @@ use super::route::{RouteSpec, RouteTable};
 use super::upstream::Upstream;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::tls::TlsError;
 
 /// Where a route leads, and its request counters.
 #[derive(Debug)]
@@ -38,13 +39,15 @@ pub type Shared = ArcSwap<Snapshot>;
 
 impl Snapshot {
     /// Compiles a config. An upstream whose definition equals one in `previous` is carried
-    /// over as is, keeping its connection pool warm across a reload.
+    /// over as is, keeping its connection pool warm across a reload (a TLS upstream whose
+    /// certificate files changed is not equal: it gets a new client with the new files).
+    /// Fails only if an upstream's TLS settings cannot be built.
     pub fn build(
         config: Arc<Config>,
         generation: u64,
         previous: Option<&Snapshot>,
         metrics: &Metrics,
-    ) -> Snapshot {
+    ) -> Result<Snapshot, TlsError> {
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -53,11 +56,13 @@ impl Snapshot {
                     .and_then(|p| p.upstreams.get(name))
                     .filter(|u| u.config == *def)
                     .cloned();
-                let upstream = reused
-                    .unwrap_or_else(|| Arc::new(Upstream::new(name, def, metrics.upstream(name))));
-                (name.clone(), upstream)
+                let upstream = match reused {
+                    Some(upstream) => upstream,
+                    None => Arc::new(Upstream::new(name, def, metrics.upstream(name))?),
+                };
+                Ok((name.clone(), upstream))
             })
-            .collect();
+            .collect::<Result<_, TlsError>>()?;
         let tables = config
             .listeners
             .iter()
@@ -93,13 +98,13 @@ impl Snapshot {
             .iter()
             .map(|l| metrics.route(&l.name, "", ""))
             .collect();
-        Snapshot {
+        Ok(Snapshot {
             generation,
             no_route,
             redact_query_keys: config.tracing.redact_query_keys.clone().into(),
             config,
             tables,
             upstreams,
-        }
+        })
     }
 }

@@ -11,7 +11,10 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use super::connector::TaggingConnector;
+use rustls::pki_types::ServerName;
+
+use super::connector::{TaggingConnector, TlsConnect};
+use crate::tls::TlsError;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balance::{Balancer, EndpointState};
@@ -29,8 +32,31 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(name: &str, config: &UpstreamConfig, metrics: ConnectMetrics) -> Upstream {
+    /// Builds the upstream's client. Fails only when its TLS settings cannot be turned into
+    /// a rustls config (validation has already read and checked the files).
+    pub fn new(
+        name: &str,
+        config: &UpstreamConfig,
+        metrics: ConnectMetrics,
+    ) -> Result<Upstream, TlsError> {
+        let tls =
+            match &config.tls {
+                None => None,
+                Some(tls) => Some(TlsConnect {
+                    connector: tokio_rustls::TlsConnector::from(Arc::new(
+                        crate::tls::client_config(name, tls, config.protocol)?,
+                    )),
+                    // Validation checked the name.
+                    server_name: tls
+                        .server_name
+                        .as_ref()
+                        .and_then(|n| ServerName::try_from(n.clone()).ok()),
+                    timeout: config.connect_timeout,
+                }),
+            };
         let mut connector = HttpConnector::new();
+        // TLS upstreams send `https` URIs; the TLS layer above this connector handles them.
+        connector.enforce_http(tls.is_none());
         connector.set_connect_timeout(Some(config.connect_timeout));
         // Small requests must not wait for Nagle.
         connector.set_nodelay(true);
@@ -40,7 +66,7 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(config.protocol == Protocol::Http2)
-            .build(TaggingConnector::new(connector, metrics));
+            .build(TaggingConnector::new(connector, metrics, tls));
         let endpoints = config
             .endpoints
             .iter()
@@ -50,11 +76,25 @@ impl Upstream {
                 Some(EndpointState::new(ep.clone(), authority))
             })
             .collect();
-        Upstream {
+        Ok(Upstream {
             name: name.into(),
             config: config.clone(),
             client,
             balancer: Balancer::new(config.balance, endpoints),
+        })
+    }
+
+    /// Whether connections to the endpoints are TLS.
+    pub fn tls(&self) -> bool {
+        self.config.tls.is_some()
+    }
+
+    /// The scheme of the requests sent to the endpoints (HTTP/2's `:scheme`).
+    pub fn scheme(&self) -> http::uri::Scheme {
+        if self.tls() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
         }
     }
 

@@ -198,7 +198,17 @@ impl Receiver {
         Receiver::start_with(Some((cert_pem, key_pem))).await
     }
 
+    /// Like [`Receiver::start_tls`], and both servers require a client certificate signed by
+    /// `client_ca_pem` (a client without one fails the handshake).
+    pub async fn start_mtls(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Receiver {
+        Receiver::start_full(Some((cert_pem, key_pem)), Some(client_ca_pem)).await
+    }
+
     async fn start_with(tls: Option<(&str, &str)>) -> Receiver {
+        Receiver::start_full(tls, None).await
+    }
+
+    async fn start_full(tls: Option<(&str, &str)>, client_ca: Option<&str>) -> Receiver {
         let state = Arc::new(State::default());
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -208,9 +218,11 @@ impl Receiver {
         let mut server = tonic::transport::Server::builder();
         if let Some((cert, key)) = tls {
             let identity = tonic::transport::Identity::from_pem(cert, key);
-            server = server
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .unwrap();
+            let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+            if let Some(ca) = client_ca {
+                config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            server = server.tls_config(config).unwrap();
         }
         let grpc_task = tokio::spawn(async move {
             server
@@ -226,7 +238,7 @@ impl Receiver {
                 let state = http_state.clone();
                 async move { http_export(&state, req).await }
             },
-            tls.map(|(cert, key)| tls_acceptor(cert, key)),
+            tls.map(|(cert, key)| tls_acceptor(cert, key, client_ca)),
         )
         .await;
 
@@ -313,7 +325,11 @@ impl Receiver {
 }
 
 /// A TLS acceptor (rustls, ring provider) serving this certificate chain and key (PEM).
-fn tls_acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
+fn tls_acceptor(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: Option<&str>,
+) -> tokio_rustls::TlsAcceptor {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject as _;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -323,12 +339,24 @@ fn tls_acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
         .unwrap();
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
         .unwrap();
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key).unwrap();
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 

@@ -46,6 +46,7 @@ fn the_view_uses_the_toml_names_and_masks_secrets() {
             "role": "inbound",
             "header_read_timeout": "10s",
             "max_header_bytes": 65536,
+            "tls": null,
         })
     );
     assert_eq!(v["routes"][3]["host"], "*.inventory.internal");
@@ -74,6 +75,7 @@ fn the_view_uses_the_toml_names_and_masks_secrets() {
             "idle_timeout": "1m 30s",
             "max_idle_per_endpoint": 32,
             "failure_backoff": "5s",
+            "tls": null,
         })
     );
     assert_eq!(
@@ -120,4 +122,45 @@ fn the_body_has_generation_config_and_reload() {
     assert_eq!(b["generation"], 3);
     assert_eq!(b["reload"], Value::Null);
     assert_eq!(b["config"], view(&config));
+}
+
+/// TLS settings show their file paths; a key file's contents never appear.
+#[test]
+fn tls_files_are_shown_by_path_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let write = |name: &str, contents: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.display().to_string()
+    };
+    let key_pem = ca.signing_key.serialize_pem();
+    let cert = write("cert.pem", &ca.cert.pem());
+    let key = write("key.pem", &key_pem);
+    let toml = format!(
+        "[service]\nname = \"s\"\n[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\nrole = \"inbound\"\n\
+         [listeners.tls]\ncert = '{cert}'\nkey = '{key}'\n\
+         [[routes]]\nlistener = \"l\"\nupstream = \"u\"\n\
+         [upstreams.u]\nendpoints = [\"127.0.0.1:1\"]\n[upstreams.u.tls]\nca = '{cert}'\n\
+         client_cert = '{cert}'\nclient_key = '{key}'\n"
+    );
+    let config = Config::from_toml_str(&toml).unwrap();
+    let v = view(&config);
+    assert_eq!(
+        v["listeners"][0]["tls"],
+        json!({"cert": cert, "key": key, "client_ca": null, "client_auth": "none"})
+    );
+    assert_eq!(
+        v["upstreams"]["u"]["tls"],
+        json!({"enabled": true, "ca": cert, "server_name": null, "client_cert": cert, "client_key": key})
+    );
+    let key_body = key_pem.lines().nth(1).unwrap();
+    assert!(
+        !v.to_string().contains(key_body),
+        "key contents in the view"
+    );
+    assert!(
+        !format!("{config:?}").contains(key_body),
+        "key contents in Debug"
+    );
 }

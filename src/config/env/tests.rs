@@ -303,6 +303,12 @@ fn otlp_headers_compression_timeout_certificate() {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             ("OTEL_BSP_EXPORT_TIMEOUT", "9000"),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/ignored.pem"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+                "/client.pem",
+            ),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/client.key"),
         ],
     )
     .tracing
@@ -319,6 +325,8 @@ fn otlp_headers_compression_timeout_certificate() {
     assert_eq!(o.compression, Compression::Gzip);
     assert_eq!(o.timeout, Duration::from_millis(2500));
     assert_eq!(o.ca_file, Some(PathBuf::from("/ca.pem")));
+    assert_eq!(o.client_cert, Some(PathBuf::from("/client.pem")));
+    assert_eq!(o.client_key, Some(PathBuf::from("/client.key")));
     // OTEL_BSP_EXPORT_TIMEOUT only when no OTLP timeout variable is set.
     let o = ok(file, &[("OTEL_BSP_EXPORT_TIMEOUT", "9000")])
         .tracing

@@ -16,9 +16,9 @@ impl Check<'_> {
         let all_named = doc
             .listeners
             .iter()
-            .all(|t| t.as_ref().is_some_and(|t| t.fields.name.is_some()));
+            .all(|(t, _)| t.as_ref().is_some_and(|t| t.fields.name.is_some()));
         let listeners: Option<Vec<&str>> = all_named.then(|| {
-            let named = doc.listeners.iter().flatten();
+            let named = doc.listeners.iter().filter_map(|(t, _)| t.as_ref());
             named
                 .filter_map(|t| t.fields.name.as_ref())
                 .map(|n| n.get_ref().as_str())
@@ -27,7 +27,7 @@ impl Check<'_> {
         let upstreams: Vec<&str> = doc
             .upstreams
             .iter()
-            .map(|(n, _)| n.get_ref().as_str())
+            .map(|(n, _, _)| n.get_ref().as_str())
             .collect();
 
         let mut routes = Vec::new();

@@ -148,7 +148,7 @@ fn unknown_keys_list_the_allowed_ones() {
         [
             "upstreams.app.bogus: unknown key; expected one of: endpoints, protocol, balance, \
              connect_timeout, request_timeout, idle_timeout, max_idle_per_endpoint, \
-             failure_backoff (line 16)",
+             failure_backoff, tls (line 16)",
             "routes[1].upstream: missing required key (line 17)",
             "routes[1].upsteam: unknown key; expected one of: name, listener, host, path_prefix, \
              methods, headers, upstream, tracing, sampling_ratio (line 19)",

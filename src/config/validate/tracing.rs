@@ -234,7 +234,14 @@ impl Check<'_> {
         let ca_file = self.optional(path, "ca_file", &f.ca_file, |s| {
             value::non_empty(s).map(PathBuf::from)
         });
+        let identity = self.identity(path, &f.client_cert, &f.client_key);
+        let (client_cert, client_key) = match identity? {
+            Some((cert, key)) => (Some(cert.path), Some(key.path)),
+            None => (None, None),
+        };
         Some(OtlpConfig {
+            client_cert,
+            client_key,
             protocol: protocol?,
             endpoint: endpoint?,
             headers: headers?,

@@ -65,6 +65,7 @@ impl Check<'_> {
             idle_timeout: idle_timeout?,
             max_idle_per_endpoint: max_idle_per_endpoint?,
             failure_backoff: failure_backoff?,
+            tls: None,
         })
     }
 

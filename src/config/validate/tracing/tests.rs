@@ -271,7 +271,7 @@ fn structural_errors() {
             "tracing.traceresponse: invalid type: string \"yes\", expected a boolean (line 18)",
             "tracing.queue_size: invalid type: floating point `1.5`, expected i64 (line 19)",
             "tracing.otlp.endpiont: unknown key; expected one of: protocol, endpoint, headers, \
-             compression, timeout, ca_file (line 21)",
+             compression, timeout, ca_file, client_cert, client_key (line 21)",
         ]
     );
     assert_eq!(
