@@ -253,6 +253,24 @@ fn scraped(
                 failed,
             ),
             value(
+                "spans_kept",
+                "Spans of unsampled requests exported anyway (keep_errors, keep_slower_than)",
+                ScrapedKind::Counter,
+                vec![("reason", "error".to_owned())],
+                sink.stats()
+                    .kept_error
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            value(
+                "spans_kept",
+                "Spans of unsampled requests exported anyway (keep_errors, keep_slower_than)",
+                ScrapedKind::Counter,
+                vec![("reason", "slow".to_owned())],
+                sink.stats()
+                    .kept_slow
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            value(
                 "spans_rejected",
                 "Spans the collector rejected in OTLP partial-success responses",
                 ScrapedKind::Counter,

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig, TraceIncoming};
 use crate::metrics::Metrics;
 use crate::proxy::{Shared, Snapshot};
 
@@ -220,12 +220,21 @@ pub fn static_changes(old: &Config, new: &Config) -> Vec<String> {
             fields.push(name.to_string());
         }
     };
-    check("listeners", old.listeners != new.listeners);
+    // `trace.incoming` is policy, read per request: it reloads like the tracing policy.
+    let sockets = |c: &Config| -> Vec<ListenerConfig> {
+        let mut listeners = c.listeners.clone();
+        for l in &mut listeners {
+            l.trace_incoming = TraceIncoming::Continue;
+        }
+        listeners
+    };
+    check("listeners", sockets(old) != sockets(new));
     check("admin", old.admin != new.admin);
     check("service", old.service != new.service);
     let (a, b) = (&old.tracing, &new.tracing);
     check("tracing.exporter", a.exporter != b.exporter);
     check("tracing.otlp", a.otlp != b.otlp);
+    check("tracing.zipkin", a.zipkin != b.zipkin);
     check("tracing.queue_size", a.queue_size != b.queue_size);
     check("tracing.batch_size", a.batch_size != b.batch_size);
     check("tracing.batch_delay", a.batch_delay != b.batch_delay);

@@ -18,13 +18,17 @@ use toml::Spanned;
 use super::raw::{self, Document, Span, Table};
 use super::{
     AdminConfig, Balance, Config, ConfigError, ConfigErrors, ListenerConfig, Protocol, Role,
-    ServiceConfig, ShutdownConfig,
+    ServiceConfig, ShutdownConfig, TraceIncoming,
 };
 
 const ROLES: &[(&str, Role)] = &[
     ("inbound", Role::Inbound),
     ("outbound", Role::Outbound),
     ("gateway", Role::Gateway),
+];
+const TRACE_INCOMING: &[(&str, TraceIncoming)] = &[
+    ("continue", TraceIncoming::Continue),
+    ("restart", TraceIncoming::Restart),
 ];
 const PROTOCOLS: &[(&str, Protocol)] = &[("http1", Protocol::Http1), ("http2", Protocol::Http2)];
 const BALANCES: &[(&str, Balance)] = &[("round_robin", Balance::RoundRobin), ("p2c", Balance::P2c)];
@@ -235,7 +239,18 @@ impl Check<'_> {
             65536,
             (8192, 1 << 20),
         );
+        let trace_incoming = match &f.trace {
+            Some(trace) => self.or_default(
+                &format!("{path}.trace"),
+                "incoming",
+                &trace.get_ref().incoming,
+                TraceIncoming::Continue,
+                |s| value::one_of(s, TRACE_INCOMING),
+            ),
+            None => Some(TraceIncoming::Continue),
+        };
         Some(ListenerConfig {
+            trace_incoming: trace_incoming?,
             name: name?,
             bind: bind?,
             role: role?,

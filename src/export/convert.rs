@@ -68,10 +68,38 @@ pub fn to_span_data(span: &SpanRecord, scope: &InstrumentationScope) -> SpanData
         attributes: attributes(span),
         dropped_attributes_count: 0,
         events,
-        links: SpanLinks::default(),
+        links: links(span),
         status: status(span),
         instrumentation_scope: scope.clone(),
     }
+}
+
+fn links(span: &SpanRecord) -> SpanLinks {
+    let mut links = SpanLinks::default();
+    for link in &span.links {
+        let trace_state = link
+            .tracestate
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<OtelTraceState>().ok())
+            .unwrap_or_default();
+        let context = SpanContext::new(
+            OtelTraceId::from_bytes(link.trace_id.0),
+            OtelSpanId::from_bytes(link.span_id.0),
+            OtelFlags::new(link.flags.0),
+            true,
+            trace_state,
+        );
+        let attributes = link
+            .attributes
+            .iter()
+            .map(|(k, v)| KeyValue::new(*k, *v))
+            .collect();
+        links
+            .links
+            .push(opentelemetry::trace::Link::new(context, attributes, 0));
+    }
+    links
 }
 
 /// Semantic conventions: 5xx is an error on both kinds, 4xx only on CLIENT spans (for a
@@ -99,6 +127,9 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
     }
     if let Some(kind) = span.error_type {
         attrs.push(KeyValue::new("error.type", kind));
+    }
+    if let Some(reason) = span.kept_reason {
+        attrs.push(KeyValue::new("hoptrace.kept_reason", reason));
     }
     if let Some(route) = &span.route {
         attrs.push(KeyValue::new("http.route", route.to_string()));
@@ -291,6 +322,8 @@ mod tests {
             request_headers: Vec::new(),
             response_headers: Vec::new(),
             redact_query_keys: vec!["api_key".to_string()].into(),
+            links: Vec::new(),
+            kept_reason: None,
         };
         let attrs = attributes(&span);
         let get = |k: &str| {

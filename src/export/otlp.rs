@@ -101,7 +101,7 @@ pub fn build(
 
 /// A connector for `http` and `https` collector URLs: rustls with the ring provider,
 /// trusting `ca_file` when given, else the system's roots.
-fn https_connector(
+pub(super) fn https_connector(
     ca_file: Option<&std::path::Path>,
 ) -> Result<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,

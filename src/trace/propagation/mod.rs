@@ -111,10 +111,10 @@ fn one<'h>(
 
 /// Reads the configured formats in order; the first valid context wins. With only
 /// `TraceContext` configured this is exactly `context::extract` (the default's cost).
-pub fn extract(headers: &HeaderMap, formats: &[Format]) -> Incoming {
+pub fn extract(headers: &HeaderMap, formats: impl IntoIterator<Item = Format>) -> Incoming {
     let mut incoming = Incoming::default();
     let mut w3c_trace = None;
-    for &format in formats {
+    for format in formats {
         let found = match format {
             Format::TraceContext => {
                 let w3c = context::extract(headers);
@@ -206,7 +206,11 @@ pub struct Outgoing<'a> {
 
 /// Writes every configured format. Headers of a configured format are always replaced (also
 /// when another format won the extract), so the upstream sees one consistent parent.
-pub fn inject(headers: &mut HeaderMap, formats: &[Format], out: &Outgoing<'_>) {
+pub fn inject(
+    headers: &mut HeaderMap,
+    formats: impl IntoIterator<Item = Format>,
+    out: &Outgoing<'_>,
+) {
     let sampled = out.flags.is_sampled();
     for format in formats {
         match format {

@@ -94,9 +94,9 @@ proptest! {
         };
         let formats = [Format::TraceContext, Format::B3, Format::B3Multi, Format::Jaeger, Format::XRay];
         let mut headers = HeaderMap::new();
-        inject(&mut headers, &formats, &out);
+        inject(&mut headers, formats, &out);
         for format in formats {
-            let got = extract(&headers, &[format]);
+            let got = extract(&headers, [format]);
             let r = got.remote.unwrap();
             prop_assert_eq!(r.trace_id, trace);
             prop_assert_eq!(r.span_id, Some(span));

@@ -219,12 +219,12 @@ fn first_valid_format_in_the_configured_order_wins() {
         ("tracestate", "a=1"),
         ("b3", &format!("{T64}-{P}-0")),
     ]);
-    let got = extract(&h, &[Format::B3, Format::TraceContext]);
+    let got = extract(&h, [Format::B3, Format::TraceContext]);
     assert_eq!(got.format, Some(Format::B3));
     assert_eq!(got.remote.unwrap().span_id.unwrap().to_string(), P);
     // tracestate belonged to another trace.
     assert_eq!(got.tracestate, None);
-    let got = extract(&h, &[Format::TraceContext, Format::B3]);
+    let got = extract(&h, [Format::TraceContext, Format::B3]);
     assert_eq!(got.format, Some(Format::TraceContext));
     assert_eq!(got.tracestate.unwrap(), "a=1");
 
@@ -233,17 +233,17 @@ fn first_valid_format_in_the_configured_order_wins() {
         ("b3", "nonsense"),
         ("uber-trace-id", &format!("{T128}:{S}:0:1")),
     ]);
-    let got = extract(&h, ALL);
+    let got = extract(&h, ALL.iter().copied());
     assert_eq!(got.format, Some(Format::Jaeger));
     assert!(matches!(got.error, Some(ExtractError::Other(m)) if m.format == "b3"));
 
     // A header sent twice is invalid.
     let h = headers(&[("b3", &format!("{T64}-{S}")), ("b3", &format!("{T64}-{S}"))]);
-    assert!(extract(&h, ALL).remote.is_none());
+    assert!(extract(&h, ALL.iter().copied()).remote.is_none());
 
     // Not configured: not read.
     let h = headers(&[("uber-trace-id", &format!("{T128}:{S}:0:1"))]);
-    assert!(extract(&h, &[Format::TraceContext]).remote.is_none());
+    assert!(extract(&h, [Format::TraceContext]).remote.is_none());
 }
 
 #[test]
@@ -264,7 +264,7 @@ fn inject_writes_every_configured_format_in_its_width() {
         tracestate: None,
         xray: Some(&xray_in),
     };
-    inject(&mut h, ALL, &out);
+    inject(&mut h, ALL.iter().copied(), &out);
     assert_eq!(h["traceparent"], format!("00-0000000000000000{T64}-{S}-01"));
     assert_eq!(h["b3"], format!("{T64}-{S}-d"));
     assert_eq!(h["x-b3-traceid"], T64);
@@ -281,7 +281,7 @@ fn inject_writes_every_configured_format_in_its_width() {
 
     // Round trip: what was injected extracts to the same context, in every format.
     for format in ALL {
-        let got = extract(&h, &[*format]);
+        let got = extract(&h, [*format]);
         let r = got
             .remote
             .unwrap_or_else(|| panic!("{format:?}: {:?}", got.error));
