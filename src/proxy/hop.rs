@@ -1,5 +1,7 @@
-//! One request's trace: continue or start the W3C context, decide sampling, inject the
-//! `traceparent` the upstream sees, add `traceresponse`, and fill in this hop's spans.
+//! One request's trace: continue the caller's context (read in the configured propagation
+//! formats; or, in `restart` mode, start a new trace and link the caller), decide sampling,
+//! inject the context the upstream sees in every configured format, add `traceresponse`, and
+//! fill in this hop's spans.
 //!
 //! Which spans a hop records depends on the listener's role: inbound → one SERVER span;
 //! outbound → one CLIENT span per upstream attempt; gateway → a SERVER span with the CLIENT
@@ -7,7 +9,9 @@
 //!
 //! Spans end when the response body has been sent to the client, or the stream failed, or
 //! the client went away (`SpanFinish`, driven by `ResponseBody`). An unsampled request (or
-//! `exporter = "none"`) builds no `SpanRecord`: it only formats the headers it forwards.
+//! `exporter = "none"`) builds no `SpanRecord`: it only formats the headers it forwards;
+//! unless tail keeping is on, in which case it is recorded and exported only if it fails or
+//! is slow (`finish`).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -16,6 +20,10 @@ use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{CaptureConnection, capture_connection};
+
+mod finish;
+
+pub use self::finish::{Outcome, SpanFinish};
 
 use super::connector::conn_meta;
 use super::error::ProxyError;
@@ -71,23 +79,6 @@ struct Tail {
     slower_than: Option<std::time::Duration>,
 }
 
-/// How the response ended, for the spans' status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The whole body was handed to the client.
-    Complete,
-    /// The upstream's body failed mid-stream.
-    UpstreamFailed,
-    /// The client went away before the body was complete.
-    ClientGone,
-}
-
-/// Finishes a hop's spans when the response ends (see `ResponseBody`).
-#[derive(Debug)]
-pub struct SpanFinish {
-    recording: Box<Recording>,
-}
-
 impl Hop {
     /// Starts the hop's trace. `None` when the route switched tracing off. `started` and
     /// `wall` are the same moment on the monotonic and the wall clock: spans get their wall
@@ -141,16 +132,10 @@ impl Hop {
                 .decision
                 .is_some_and(|(_, debug)| debug && !restart);
         // W3C §3.3: tracestate goes with the parent it came with; a new trace starts empty.
-        let tracestate = remote.and(incoming.tracestate.clone());
-        let links = match incoming.remote {
-            Some(caller) if restart => caller.span_id.map(|span_id| SpanLink {
-                trace_id: caller.trace_id,
-                span_id,
-                flags: caller.flags,
-                tracestate: incoming.tracestate.clone(),
-                attributes: vec![("hoptrace.link.reason", "restart")],
-            }),
-            _ => None,
+        // Restart: the caller's context (with its tracestate) is kept only for the link.
+        let (tracestate, caller) = match restart {
+            false => (remote.and(incoming.tracestate), None),
+            true => (None, incoming.remote.map(|r| (r, incoming.tracestate))),
         };
         let server_id = (role != Role::Outbound).then(SpanId::random);
         let client_id = (role != Role::Inbound).then(SpanId::random);
@@ -197,7 +182,18 @@ impl Hop {
                     request_headers: captured,
                     response_headers: Vec::new(),
                     redact_query_keys: snapshot.redact_query_keys.clone(),
-                    links: links.into_iter().collect(),
+                    links: caller
+                        .and_then(|(r, tracestate)| {
+                            Some(SpanLink {
+                                trace_id: r.trace_id,
+                                span_id: r.span_id?,
+                                flags: r.flags,
+                                tracestate,
+                                attributes: vec![("hoptrace.link.reason", "restart")],
+                            })
+                        })
+                        .into_iter()
+                        .collect(),
                     kept_reason: None,
                 },
                 tail,
@@ -383,74 +379,4 @@ fn formats(list: &[Propagator]) -> impl Iterator<Item = Format> + '_ {
         Propagator::Jaeger => Format::Jaeger,
         Propagator::XRay => Format::XRay,
     })
-}
-
-impl SpanFinish {
-    pub fn finish(self, outcome: Outcome) {
-        let Recording {
-            sink,
-            started,
-            mut base,
-            has_server,
-            client,
-            client_started,
-            tail,
-            ..
-        } = *self.recording;
-        let now = Instant::now();
-        let error = match outcome {
-            Outcome::Complete => None,
-            Outcome::UpstreamFailed => Some("upstream_reset"),
-            Outcome::ClientGone => Some("client_closed"),
-        };
-        let mut spans: [Option<SpanRecord>; 2] = [None, None];
-        if let Some(mut client) = client {
-            client.duration = now.duration_since(client_started.unwrap_or(started));
-            if client.error_type.is_none() {
-                client.error_type = error;
-            }
-            spans[0] = Some(client);
-        }
-        if has_server {
-            base.duration = now.duration_since(started);
-            if base.error_type.is_none() {
-                base.error_type = error;
-            }
-            spans[1] = Some(base);
-        }
-        if let Some(tail) = tail {
-            let Some(reason) = tail.kept(now.duration_since(started), &spans) else {
-                return;
-            };
-            for span in spans.iter_mut().flatten() {
-                span.kept_reason = Some(reason);
-            }
-            sink.count_kept(reason, spans.iter().flatten().count() as u64);
-        }
-        for span in spans.into_iter().flatten() {
-            sink.try_send(span);
-        }
-    }
-}
-
-impl Tail {
-    /// Why an unsampled hop's spans are kept, if they are: a 5xx or a transport failure on
-    /// any of them (`"error"`), else the whole hop slower than the threshold (`"slow"`).
-    fn kept(
-        &self,
-        elapsed: std::time::Duration,
-        spans: &[Option<SpanRecord>],
-    ) -> Option<&'static str> {
-        let failed = spans
-            .iter()
-            .flatten()
-            .any(|s| s.error_type.is_some() || s.status.is_some_and(|code| code >= 500));
-        if self.errors && failed {
-            return Some("error");
-        }
-        if self.slower_than.is_some_and(|limit| elapsed > limit) {
-            return Some("slow");
-        }
-        None
-    }
 }

@@ -87,7 +87,8 @@ pub struct Incoming {
     pub tracestate: Option<HeaderValue>,
     /// A B3 sampling state without ids: the caller's decision for a trace starting here.
     pub decision: Option<(bool, bool)>,
-    /// The received `X-Amzn-Trace-Id` (when `xray` is configured), for its extra fields.
+    /// The received `X-Amzn-Trace-Id` when `xray` is configured and it is valid, for its
+    /// extra fields.
     pub xray: Option<HeaderValue>,
     pub error: Option<ExtractError>,
 }
@@ -144,8 +145,11 @@ pub fn extract(headers: &HeaderMap, formats: impl IntoIterator<Item = Format>) -
             Format::Jaeger => one(headers, &UBER_TRACE_ID, "jaeger")
                 .and_then(|v| v.map(|v| jaeger::parse(v.as_bytes())).transpose()),
             Format::XRay => one(headers, &X_AMZN_TRACE_ID, "xray").and_then(|v| {
-                incoming.xray = v.cloned();
-                v.map(|v| xray::parse(v.as_bytes())).transpose()
+                let Some(v) = v else { return Ok(None) };
+                let remote = xray::parse(v.as_bytes())?;
+                // Only a valid header's extra fields are passed on.
+                incoming.xray = Some(v.clone());
+                Ok(Some(remote))
             }),
         };
         match found {

@@ -237,6 +237,15 @@ fn first_valid_format_in_the_configured_order_wins() {
     assert_eq!(got.format, Some(Format::Jaeger));
     assert!(matches!(got.error, Some(ExtractError::Other(m)) if m.format == "b3"));
 
+    // An invalid X-Ray header's fields are not kept for passing on.
+    let h = headers(&[("x-amzn-trace-id", "Root=1-junk;Lineage=a:1")]);
+    assert!(extract(&h, [Format::XRay]).xray.is_none());
+    let h = headers(&[(
+        "x-amzn-trace-id",
+        "Root=1-5759e988-bd862e3fe1be46a994272793;Lineage=a:1",
+    )]);
+    assert!(extract(&h, [Format::XRay]).xray.is_some());
+
     // A header sent twice is invalid.
     let h = headers(&[("b3", &format!("{T64}-{S}")), ("b3", &format!("{T64}-{S}"))]);
     assert!(extract(&h, ALL.iter().copied()).remote.is_none());
