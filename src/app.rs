@@ -180,6 +180,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             shared: shared.clone(),
             sink: sink.clone(),
             open_connections: metrics.open_connections(&listener.name),
+            invalid_contexts: metrics.invalid_contexts(
+                &listener.name,
+                &crate::trace::propagation::Format::ALL.map(|f| f.name()),
+            ),
         });
         let listener = listener.clone();
         let stop_rx = stop_rx.clone();

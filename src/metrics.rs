@@ -34,7 +34,23 @@ pub struct Metrics {
     connect_failures: Family<Labels, Counter>,
     connect_timeouts: Family<Labels, Counter>,
     open_connections: Family<Labels, Gauge>,
+    invalid_contexts: Family<Labels, Counter>,
     export_batch_duration: Histogram,
+}
+
+/// A listener's counters of rejected trace-context headers, one per propagation format.
+#[derive(Clone, Debug)]
+pub struct ContextMetrics {
+    by_format: Vec<(&'static str, Counter)>,
+}
+
+impl ContextMetrics {
+    /// Counts one rejected header of `format` (its `OTEL_PROPAGATORS` name).
+    pub fn invalid(&self, format: &str) {
+        if let Some((_, counter)) = self.by_format.iter().find(|(f, _)| *f == format) {
+            counter.inc();
+        }
+    }
 }
 
 /// A request's counters for one route (or a listener's no-route requests).
@@ -111,6 +127,12 @@ impl Metrics {
             "Client connections open on each listener",
             open_connections.clone(),
         );
+        let invalid_contexts = Family::<Labels, Counter>::default();
+        registry.register(
+            "trace_context_invalid",
+            "Requests whose trace-context header of this format was present but rejected",
+            invalid_contexts.clone(),
+        );
         let export_batch_duration = Histogram::new(latency_buckets());
         registry.register_with_unit(
             "export_batch_duration",
@@ -126,6 +148,7 @@ impl Metrics {
             connect_failures,
             connect_timeouts,
             open_connections,
+            invalid_contexts,
             export_batch_duration,
         }
     }
@@ -172,6 +195,21 @@ impl Metrics {
         self.open_connections
             .get_or_create(&vec![("listener", listener.to_string())])
             .clone()
+    }
+
+    /// Handles for `listener`'s rejected trace-context headers of each of `formats`.
+    pub fn invalid_contexts(&self, listener: &str, formats: &[&'static str]) -> ContextMetrics {
+        let by_format = formats
+            .iter()
+            .map(|f| {
+                let labels: Labels = vec![
+                    ("listener", listener.to_string()),
+                    ("format", f.to_string()),
+                ];
+                (*f, self.invalid_contexts.get_or_create(&labels).clone())
+            })
+            .collect();
+        ContextMetrics { by_format }
     }
 
     pub fn export_batch_duration(&self) -> Histogram {

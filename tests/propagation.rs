@@ -282,6 +282,9 @@ async fn each_format_is_extracted_injected_and_malformed_values_start_a_new_trac
             !malformed.iter().any(|(k, v)| *k == case.out && *v == out),
             "{name}: {out}"
         );
+        let series =
+            format!("hoptrace_trace_context_invalid_total{{listener=\"main\",format=\"{name}\"}}");
+        assert_eq!(metric(proxy.admin_addr(), &series).await, 1, "{name}");
         receiver.clear();
         proxy.shutdown().await;
     }
@@ -366,16 +369,25 @@ async fn restart_mode_starts_a_new_trace_and_links_the_caller() {
     proxy.shutdown().await;
 }
 
-async fn kept_total(admin: SocketAddr, reason: &str) -> u64 {
+/// The value of the metric line that starts with `series` (name and labels).
+async fn metric(admin: SocketAddr, series: &str) -> u64 {
     let response = get(&http1_client(), format!("http://{admin}/metrics")).await;
     let text = body_string(response).await;
-    let prefix = format!("hoptrace_spans_kept_total{{reason=\"{reason}\"}} ");
+    let prefix = format!("{series} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in metrics:\n{text}"))
+        .unwrap_or_else(|| panic!("no {series} in metrics:\n{text}"))
         .trim()
         .parse::<f64>()
         .unwrap() as u64
+}
+
+async fn kept_total(admin: SocketAddr, reason: &str) -> u64 {
+    metric(
+        admin,
+        &format!("hoptrace_spans_kept_total{{reason=\"{reason}\"}}"),
+    )
+    .await
 }
 
 #[tokio::test]

@@ -100,6 +100,11 @@ impl Hop {
         };
         let tracing = &snapshot.config.tracing;
         let incoming = propagation::extract(req.headers(), formats(&tracing.propagators));
+        if incoming.invalid != 0 {
+            for format in incoming.invalid_formats() {
+                ctx.invalid_contexts.invalid(format.name());
+            }
+        }
         let restart = snapshot
             .config
             .listeners

@@ -90,7 +90,45 @@ pub struct Incoming {
     /// The received `X-Amzn-Trace-Id` when `xray` is configured and it is valid, for its
     /// extra fields.
     pub xray: Option<HeaderValue>,
+    /// The first rejected header, for logs.
     pub error: Option<ExtractError>,
+    /// Every format whose header was present and rejected (a bit per `Format`), for metrics.
+    pub invalid: u8,
+}
+
+impl Format {
+    /// Every format, in the order of their bits in `Incoming::invalid`.
+    pub const ALL: [Format; 5] = [
+        Format::TraceContext,
+        Format::B3,
+        Format::B3Multi,
+        Format::Jaeger,
+        Format::XRay,
+    ];
+
+    /// The `OTEL_PROPAGATORS` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::TraceContext => "tracecontext",
+            Format::B3 => "b3",
+            Format::B3Multi => "b3multi",
+            Format::Jaeger => "jaeger",
+            Format::XRay => "xray",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl Incoming {
+    /// The formats whose header was present and rejected.
+    pub fn invalid_formats(&self) -> impl Iterator<Item = Format> + '_ {
+        Format::ALL
+            .into_iter()
+            .filter(|f| self.invalid & f.bit() != 0)
+    }
 }
 
 /// The one value of a header; `Err` when it is sent more than once (no way to choose).
@@ -121,6 +159,7 @@ pub fn extract(headers: &HeaderMap, formats: impl IntoIterator<Item = Format>) -
                 let w3c = context::extract(headers);
                 if let Some(e) = w3c.error {
                     incoming.error.get_or_insert(e.into());
+                    incoming.invalid |= format.bit();
                 }
                 let Some(parent) = w3c.parent else { continue };
                 let remote = Remote {
@@ -160,6 +199,7 @@ pub fn extract(headers: &HeaderMap, formats: impl IntoIterator<Item = Format>) -
             Ok(_) => {}
             Err(e) => {
                 incoming.error.get_or_insert(e.into());
+                incoming.invalid |= format.bit();
             }
         }
     }

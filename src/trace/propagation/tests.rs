@@ -236,6 +236,17 @@ fn first_valid_format_in_the_configured_order_wins() {
     let got = extract(&h, ALL.iter().copied());
     assert_eq!(got.format, Some(Format::Jaeger));
     assert!(matches!(got.error, Some(ExtractError::Other(m)) if m.format == "b3"));
+    assert_eq!(got.invalid_formats().collect::<Vec<_>>(), [Format::B3]);
+    let h = headers(&[
+        ("b3", "nonsense"),
+        ("traceparent", "00-zz"),
+        ("x-b3-spanid", SPAN),
+    ]);
+    let got = extract(&h, ALL.iter().copied());
+    assert_eq!(
+        got.invalid_formats().map(Format::name).collect::<Vec<_>>(),
+        ["tracecontext", "b3", "b3multi"]
+    );
 
     // An invalid X-Ray header's fields are not kept for passing on.
     let h = headers(&[("x-amzn-trace-id", "Root=1-junk;Lineage=a:1")]);
