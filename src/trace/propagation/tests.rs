@@ -240,7 +240,7 @@ fn first_valid_format_in_the_configured_order_wins() {
     let h = headers(&[
         ("b3", "nonsense"),
         ("traceparent", "00-zz"),
-        ("x-b3-spanid", SPAN),
+        ("x-b3-spanid", S),
     ]);
     let got = extract(&h, ALL.iter().copied());
     assert_eq!(
