@@ -240,3 +240,28 @@ pub fn static_changes(old: &Config, new: &Config) -> Vec<String> {
     check("tracing.batch_delay", a.batch_delay != b.batch_delay);
     fields
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::{Propagator, TraceIncoming};
+
+    fn example() -> Config {
+        Config::from_toml_str(include_str!("../config.example.toml")).unwrap()
+    }
+
+    #[test]
+    fn trace_policy_reloads_and_the_zipkin_connection_does_not() {
+        let old = example();
+        let mut new = old.clone();
+        new.listeners[0].trace_incoming = TraceIncoming::Restart;
+        new.tracing.propagators = vec![Propagator::Jaeger];
+        new.tracing.keep_errors = !old.tracing.keep_errors;
+        new.tracing.keep_slower_than = None;
+        assert!(static_changes(&old, &new).is_empty());
+        new.tracing.zipkin.timeout *= 2;
+        new.listeners[0].max_header_bytes += 1;
+        assert_eq!(static_changes(&old, &new), ["listeners", "tracing.zipkin"]);
+    }
+}
