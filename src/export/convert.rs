@@ -291,8 +291,64 @@ mod tests {
 
     #[test]
     fn credentials_in_the_target_never_reach_url_full() {
+        let span = record();
+        let attrs = attributes(&span);
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(
+            get("url.full").as_deref(),
+            Some("http://pay.internal:8080/charge?api_key=REDACTED&x=1")
+        );
+        assert_eq!(get("server.address").as_deref(), Some("pay.internal"));
+        assert!(
+            attrs
+                .iter()
+                .all(|kv| !kv.value.to_string().contains("s3cret"))
+        );
+    }
+
+    #[test]
+    fn links_and_the_kept_reason_are_exported() {
         use crate::trace::context::{SpanId, TraceFlags, TraceId};
-        let span = SpanRecord {
+        use crate::trace::span::SpanLink;
+        let mut span = record();
+        span.kept_reason = Some("error");
+        span.links.push(SpanLink {
+            trace_id: TraceId([3; 16]),
+            span_id: SpanId([4; 8]),
+            flags: TraceFlags(1),
+            tracestate: Some(http::HeaderValue::from_static("k=v")),
+            attributes: vec![("hoptrace.link.reason", "restart")],
+        });
+        let data = to_span_data(&span, &scope());
+        assert!(
+            data.attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "hoptrace.kept_reason" && kv.value.as_str() == "error")
+        );
+        let [link] = &data.links.links[..] else {
+            panic!("one link expected: {:?}", data.links);
+        };
+        assert_eq!(
+            link.span_context.trace_id(),
+            OtelTraceId::from_bytes([3; 16])
+        );
+        assert_eq!(link.span_context.span_id(), OtelSpanId::from_bytes([4; 8]));
+        assert!(link.span_context.is_sampled() && link.span_context.is_remote());
+        assert_eq!(link.span_context.trace_state().get("k"), Some("v"));
+        assert_eq!(
+            link.attributes,
+            [KeyValue::new("hoptrace.link.reason", "restart")]
+        );
+    }
+
+    fn record() -> SpanRecord {
+        use crate::trace::context::{SpanId, TraceFlags, TraceId};
+        SpanRecord {
             kind: SpanKind::Client,
             trace_id: TraceId([1; 16]),
             span_id: SpanId([2; 8]),
@@ -324,24 +380,7 @@ mod tests {
             redact_query_keys: vec!["api_key".to_string()].into(),
             links: Vec::new(),
             kept_reason: None,
-        };
-        let attrs = attributes(&span);
-        let get = |k: &str| {
-            attrs
-                .iter()
-                .find(|kv| kv.key.as_str() == k)
-                .map(|kv| kv.value.to_string())
-        };
-        assert_eq!(
-            get("url.full").as_deref(),
-            Some("http://pay.internal:8080/charge?api_key=REDACTED&x=1")
-        );
-        assert_eq!(get("server.address").as_deref(), Some("pay.internal"));
-        assert!(
-            attrs
-                .iter()
-                .all(|kv| !kv.value.to_string().contains("s3cret"))
-        );
+        }
     }
 
     #[test]
