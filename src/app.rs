@@ -251,6 +251,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             shared: shared.clone(),
             sink: sink.clone(),
             open_connections: metrics.open_connections(&listener.name),
+            invalid_contexts: metrics.invalid_contexts(
+                &listener.name,
+                &crate::trace::propagation::Format::ALL.map(|f| f.name()),
+            ),
         });
         let listener = listener.clone();
         let stop_rx = stop_rx.clone();
@@ -323,6 +327,24 @@ fn scraped(
                 ScrapedKind::Counter,
                 vec![],
                 failed,
+            ),
+            value(
+                "spans_kept",
+                "Spans of unsampled requests exported anyway (keep_errors, keep_slower_than)",
+                ScrapedKind::Counter,
+                vec![("reason", "error".to_owned())],
+                sink.stats()
+                    .kept_error
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            value(
+                "spans_kept",
+                "Spans of unsampled requests exported anyway (keep_errors, keep_slower_than)",
+                ScrapedKind::Counter,
+                vec![("reason", "slow".to_owned())],
+                sink.stats()
+                    .kept_slow
+                    .load(std::sync::atomic::Ordering::Relaxed),
             ),
             value(
                 "spans_rejected",

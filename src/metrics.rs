@@ -34,9 +34,25 @@ pub struct Metrics {
     connect_failures: Family<Labels, Counter>,
     connect_timeouts: Family<Labels, Counter>,
     open_connections: Family<Labels, Gauge>,
+    invalid_contexts: Family<Labels, Counter>,
     export_batch_duration: Histogram,
     tls_handshake_failures: Family<Labels, Counter>,
     tls_cert_reloads: Family<Labels, Counter>,
+}
+
+/// A listener's counters of rejected trace-context headers, one per propagation format.
+#[derive(Clone, Debug)]
+pub struct ContextMetrics {
+    by_format: Vec<(&'static str, Counter)>,
+}
+
+impl ContextMetrics {
+    /// Counts one rejected header of `format` (its `OTEL_PROPAGATORS` name).
+    pub fn invalid(&self, format: &str) {
+        if let Some((_, counter)) = self.by_format.iter().find(|(f, _)| *f == format) {
+            counter.inc();
+        }
+    }
 }
 
 /// A request's counters for one route (or a listener's no-route requests).
@@ -113,6 +129,12 @@ impl Metrics {
             "Client connections open on each listener",
             open_connections.clone(),
         );
+        let invalid_contexts = Family::<Labels, Counter>::default();
+        registry.register(
+            "trace_context_invalid",
+            "Requests whose trace-context header of this format was present but rejected",
+            invalid_contexts.clone(),
+        );
         let export_batch_duration = Histogram::new(latency_buckets());
         registry.register_with_unit(
             "export_batch_duration",
@@ -142,6 +164,7 @@ impl Metrics {
             connect_failures,
             connect_timeouts,
             open_connections,
+            invalid_contexts,
             export_batch_duration,
         }
     }
@@ -207,6 +230,21 @@ impl Metrics {
             self.tls_cert_reloads.get_or_create(&labels).clone()
         };
         (outcome("applied"), outcome("failed"))
+    }
+
+    /// Handles for `listener`'s rejected trace-context headers of each of `formats`.
+    pub fn invalid_contexts(&self, listener: &str, formats: &[&'static str]) -> ContextMetrics {
+        let by_format = formats
+            .iter()
+            .map(|f| {
+                let labels: Labels = vec![
+                    ("listener", listener.to_string()),
+                    ("format", f.to_string()),
+                ];
+                (*f, self.invalid_contexts.get_or_create(&labels).clone())
+            })
+            .collect();
+        ContextMetrics { by_format }
     }
 
     pub fn export_batch_duration(&self) -> Histogram {

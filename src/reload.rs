@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig, TraceIncoming};
 use crate::metrics::Metrics;
 use crate::proxy::{Shared, Snapshot};
 use crate::tls::ServerCerts;
@@ -242,14 +242,48 @@ pub fn static_changes(old: &Config, new: &Config) -> Vec<String> {
             fields.push(name.to_string());
         }
     };
-    check("listeners", old.listeners != new.listeners);
+    // `trace.incoming` is policy, read per request: it reloads like the tracing policy.
+    let sockets = |c: &Config| -> Vec<ListenerConfig> {
+        let mut listeners = c.listeners.clone();
+        for l in &mut listeners {
+            l.trace_incoming = TraceIncoming::Continue;
+        }
+        listeners
+    };
+    check("listeners", sockets(old) != sockets(new));
     check("admin.bind", old.admin.bind != new.admin.bind);
     check("service", old.service != new.service);
     let (a, b) = (&old.tracing, &new.tracing);
     check("tracing.exporter", a.exporter != b.exporter);
     check("tracing.otlp", a.otlp != b.otlp);
+    check("tracing.zipkin", a.zipkin != b.zipkin);
     check("tracing.queue_size", a.queue_size != b.queue_size);
     check("tracing.batch_size", a.batch_size != b.batch_size);
     check("tracing.batch_delay", a.batch_delay != b.batch_delay);
     fields
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::{Propagator, TraceIncoming};
+
+    fn example() -> Config {
+        Config::from_toml_str(include_str!("../config.example.toml")).unwrap()
+    }
+
+    #[test]
+    fn trace_policy_reloads_and_the_zipkin_connection_does_not() {
+        let old = example();
+        let mut new = old.clone();
+        new.listeners[0].trace_incoming = TraceIncoming::Restart;
+        new.tracing.propagators = vec![Propagator::Jaeger];
+        new.tracing.keep_errors = !old.tracing.keep_errors;
+        new.tracing.keep_slower_than = None;
+        assert!(static_changes(&old, &new).is_empty());
+        new.tracing.zipkin.timeout *= 2;
+        new.listeners[0].max_header_bytes += 1;
+        assert_eq!(static_changes(&old, &new), ["listeners", "tracing.zipkin"]);
+    }
 }

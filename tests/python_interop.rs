@@ -36,6 +36,7 @@ fn python_command(script: &str) -> Command {
         "OTEL_EXPORTER_OTLP_HEADERS",
         "OTEL_RESOURCE_ATTRIBUTES",
         "OTEL_SERVICE_NAME",
+        "OTEL_PROPAGATORS",
     ] {
         command.env_remove(var);
     }
@@ -117,7 +118,15 @@ async fn setup_venv() {
 
 /// Starts server.py exporting to `otlp_endpoint`; returns it and the port it printed.
 async fn start_py_server(otlp_endpoint: &str) -> (ChildGuard, u16) {
+    start_py_server_with(otlp_endpoint, None).await
+}
+
+/// Like `start_py_server`, with the SDK's `OTEL_PROPAGATORS` set to `propagators`.
+async fn start_py_server_with(otlp_endpoint: &str, propagators: Option<&str>) -> (ChildGuard, u16) {
     let mut command = python_command("server.py");
+    if let Some(p) = propagators {
+        command.env("OTEL_PROPAGATORS", p);
+    }
     command
         .arg(otlp_endpoint)
         .stdin(Stdio::piped())
@@ -146,7 +155,20 @@ async fn start_py_server(otlp_endpoint: &str) -> (ChildGuard, u16) {
 
 /// Runs client.py against `url`; returns its JSON report.
 async fn run_py_client(url: &str, otlp_endpoint: &str) -> serde_json::Value {
-    let mut command = tokio::process::Command::from(python_command("client.py"));
+    run_py_client_with(url, otlp_endpoint, None).await
+}
+
+/// Like `run_py_client`, with the SDK's `OTEL_PROPAGATORS` set to `propagators`.
+async fn run_py_client_with(
+    url: &str,
+    otlp_endpoint: &str,
+    propagators: Option<&str>,
+) -> serde_json::Value {
+    let mut python = python_command("client.py");
+    if let Some(p) = propagators {
+        python.env("OTEL_PROPAGATORS", p);
+    }
+    let mut command = tokio::process::Command::from(python);
     command
         .arg(url)
         .arg(otlp_endpoint)
@@ -330,4 +352,107 @@ async fn python_client_and_server_spans_form_one_trace() {
             .is_some_and(|v| v == "application/x-protobuf")),
         "the Python exporter speaks OTLP/HTTP protobuf"
     );
+}
+
+/// A Python SDK client and server that both speak `sdk_propagator` (and not W3C), with
+/// hoptrace between them configured for `hoptrace_format`: one trace, client → hoptrace's
+/// SERVER span → Python server, with the right parents; `check` looks at the headers the
+/// Python server received.
+async fn one_trace_through_hoptrace_with(
+    sdk_propagator: &str,
+    hoptrace_format: &str,
+    check: impl Fn(&serde_json::Value, &str, &str),
+) {
+    setup_venv().await;
+    let receiver = Receiver::start().await;
+    let otlp = receiver.http_url();
+    let (server, server_port) = start_py_server_with(&otlp, Some(sdk_propagator)).await;
+    let proxy = common::start_proxy(&format!(
+        r#"
+[service]
+name = "py-server-sidecar"
+[admin]
+bind = "127.0.0.1:0"
+[tracing]
+batch_delay = "20ms"
+propagators = ["{hoptrace_format}", "tracecontext"]
+[tracing.otlp]
+endpoint = "{}"
+[[listeners]]
+name = "inbound"
+bind = "127.0.0.1:0"
+role = "inbound"
+[[routes]]
+name = "hello"
+listener = "inbound"
+upstream = "py"
+[upstreams.py]
+endpoints = ["127.0.0.1:{server_port}"]
+"#,
+        receiver.grpc_url()
+    ))
+    .await;
+    let url = format!("http://{}/hello", proxy.listener_addr("inbound").unwrap());
+
+    let report = run_py_client_with(&url, &otlp, Some(sdk_propagator)).await;
+    assert_eq!(report["status"], 200, "{report}");
+    let trace_id = report["trace_id"].as_str().unwrap().to_string();
+
+    receiver.wait_for_spans(3).await;
+    let status = server.shutdown(Duration::from_secs(20)).await;
+    assert!(status.success(), "server.py exited with {status}");
+    proxy.shutdown().await;
+
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 3, "exactly three spans expected: {spans:#?}");
+    assert!(
+        spans.iter().all(|s| s.trace_id == trace_id),
+        "{sdk_propagator}: all spans in trace {trace_id}: {spans:#?}"
+    );
+    let client = only(&spans, "py-client");
+    assert_eq!(client.parent_span_id, "");
+    let hop = only(&spans, "py-server-sidecar");
+    assert_eq!(hop.kind, 2, "SERVER");
+    assert_eq!(hop.parent_span_id, client.span_id, "{sdk_propagator}");
+    let server = only(&spans, "py-server");
+    assert_eq!(server.parent_span_id, hop.span_id, "{sdk_propagator}");
+    check(&report["body"]["headers"], &trace_id, &hop.span_id);
+}
+
+#[tokio::test]
+async fn python_b3_client_through_hoptrace_to_python_b3_server_is_one_trace() {
+    one_trace_through_hoptrace_with("b3", "b3", |headers, trace_id, hop| {
+        assert_eq!(headers["b3"], format!("{trace_id}-{hop}-1"), "{headers}");
+        // Translated: W3C out as well.
+        assert_eq!(
+            headers["traceparent"],
+            format!("00-{trace_id}-{hop}-01"),
+            "{headers}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn python_b3multi_client_through_hoptrace_to_python_b3multi_server_is_one_trace() {
+    one_trace_through_hoptrace_with("b3multi", "b3multi", |headers, trace_id, hop| {
+        assert_eq!(headers["x-b3-traceid"], trace_id, "{headers}");
+        assert_eq!(headers["x-b3-spanid"], hop, "{headers}");
+        assert_eq!(headers["x-b3-sampled"], "1", "{headers}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn python_jaeger_client_through_hoptrace_to_python_jaeger_server_is_one_trace() {
+    one_trace_through_hoptrace_with("jaeger", "jaeger", |headers, trace_id, hop| {
+        // This SDK's Jaeger propagator sets the debug bit on every sampled span it sends
+        // (flags 3); hoptrace passes debug on, so the server gets 3 as well.
+        assert_eq!(
+            headers["uber-trace-id"],
+            format!("{trace_id}:{hop}:0:3"),
+            "{headers}"
+        );
+    })
+    .await;
 }

@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{
     Balance, ClientAuth, Compression, Config, ExporterKind, HostMatch, ListenerConfig, ListenerTls,
-    OtlpConfig, OtlpProtocol, PemFile, Protocol, Role, RouteConfig, TracingConfig, UpstreamConfig,
-    UpstreamTls,
+    OtlpConfig, OtlpProtocol, PemFile, Propagator, Protocol, Role, RouteConfig, TraceIncoming,
+    TracingConfig, UpstreamConfig, UpstreamTls,
 };
 use crate::reload::ReloadStatus;
 
@@ -70,6 +70,12 @@ fn listener(l: &ListenerConfig) -> Value {
         "header_read_timeout": duration(l.header_read_timeout),
         "max_header_bytes": l.max_header_bytes,
         "tls": l.tls.as_ref().map(listener_tls),
+        "trace": {
+            "incoming": match l.trace_incoming {
+                TraceIncoming::Continue => "continue",
+                TraceIncoming::Restart => "restart",
+            },
+        },
     })
 }
 
@@ -159,6 +165,7 @@ fn upstream(u: &UpstreamConfig) -> Value {
 fn tracing(t: &TracingConfig) -> Value {
     let exporter = match t.exporter {
         ExporterKind::Otlp => "otlp",
+        ExporterKind::Zipkin => "zipkin",
         ExporterKind::Stdout => "stdout",
         ExporterKind::None => "none",
     };
@@ -174,7 +181,20 @@ fn tracing(t: &TracingConfig) -> Value {
         "queue_size": t.queue_size,
         "batch_size": t.batch_size,
         "batch_delay": duration(t.batch_delay),
+        "propagators": t.propagators.iter().map(|p| match p {
+            Propagator::TraceContext => "tracecontext",
+            Propagator::B3 => "b3",
+            Propagator::B3Multi => "b3multi",
+            Propagator::Jaeger => "jaeger",
+            Propagator::XRay => "xray",
+        }).collect::<Vec<_>>(),
+        "keep_errors": t.keep_errors,
+        "keep_slower_than": t.keep_slower_than.map(duration),
         "otlp": otlp(&t.otlp),
+        "zipkin": {
+            "endpoint": t.zipkin.endpoint.to_string(),
+            "timeout": duration(t.zipkin.timeout),
+        },
     })
 }
 

@@ -11,13 +11,17 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::validate::tracing::{COMPRESSIONS, OTLP_PROTOCOLS};
+use super::validate::tracing::{COMPRESSIONS, OTLP_PROTOCOLS, PROPAGATORS};
 use super::validate::value;
-use super::{Config, ConfigError, ConfigErrors, ExporterKind, OtlpProtocol, Secret, TracingConfig};
+use super::{
+    Config, ConfigError, ConfigErrors, ExporterKind, OtlpProtocol, Propagator, Secret,
+    TracingConfig,
+};
 
 /// `OTEL_TRACES_EXPORTER`: the spec's names (`console`, not `stdout`).
 const EXPORTERS: &[(&str, ExporterKind)] = &[
     ("otlp", ExporterKind::Otlp),
+    ("zipkin", ExporterKind::Zipkin),
     ("console", ExporterKind::Stdout),
     ("none", ExporterKind::None),
 ];
@@ -118,7 +122,23 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         self.sampler(t);
         self.otlp(t);
         self.batch(t);
-        self.propagators();
+        self.zipkin(t);
+        self.propagators(t);
+    }
+
+    /// Zipkin exporter spec: `OTEL_EXPORTER_ZIPKIN_ENDPOINT` (the full URL) and
+    /// `OTEL_EXPORTER_ZIPKIN_TIMEOUT` (milliseconds).
+    fn zipkin(&mut self, t: &mut TracingConfig) {
+        self.set(
+            "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+            &mut t.zipkin.endpoint,
+            value::collector_url,
+        );
+        self.set(
+            "OTEL_EXPORTER_ZIPKIN_TIMEOUT",
+            &mut t.zipkin.timeout,
+            millis,
+        );
     }
 
     fn service(&mut self, config: &mut Config) {
@@ -267,35 +287,40 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
-    /// hoptrace reads and writes W3C trace context only; `baggage` passes through untouched.
-    fn propagators(&mut self) {
+    /// Replaces `[tracing] propagators`. `baggage` is accepted and changes nothing (the
+    /// `baggage` header always passes through untouched); `none` alone means no format;
+    /// `ottrace` and unknown names are errors.
+    fn propagators(&mut self, t: &mut TracingConfig) {
         let Some(var) = self.var("OTEL_PROPAGATORS") else {
             return;
         };
-        self.parse(&var, |s| {
-            let names: Vec<String> = s
-                .split(',')
-                .map(|p| p.trim().to_ascii_lowercase())
-                .filter(|p| !p.is_empty())
-                .collect();
-            let unsupported: Vec<String> = names
-                .iter()
-                .filter(|p| !matches!(p.as_str(), "tracecontext" | "baggage"))
-                .map(|p| format!("{p:?}"))
-                .collect();
-            let supported = "hoptrace supports tracecontext (baggage is accepted and ignored)";
-            if !unsupported.is_empty() {
-                return Err(format!(
-                    "{} not supported; {supported}",
-                    unsupported.join(", ")
-                ));
-            }
-            if !names.iter().any(|p| p == "tracecontext") {
-                return Err(format!("{s:?} must include tracecontext; {supported}"));
-            }
-            Ok(())
-        });
+        if let Some(list) = self.parse(&var, propagators) {
+            t.propagators = list;
+        }
     }
+}
+
+fn propagators(s: &str) -> Result<Vec<Propagator>, String> {
+    let names: Vec<String> = members(s).map(str::to_ascii_lowercase).collect();
+    if names.iter().any(|n| n == "none") {
+        return match names.len() {
+            1 => Ok(Vec::new()),
+            _ => Err("\"none\" cannot be combined with other propagators".to_owned()),
+        };
+    }
+    let mut list = Vec::new();
+    for name in names.iter().filter(|n| *n != "baggage") {
+        let p = value::one_of(name, PROPAGATORS).map_err(|_| {
+            format!(
+                "{name:?} is not supported; supported: tracecontext, baggage (passed through), \
+                 b3, b3multi, jaeger, xray, none"
+            )
+        })?;
+        if !list.contains(&p) {
+            list.push(p);
+        }
+    }
+    Ok(list)
 }
 
 fn protocol(s: &str) -> Result<OtlpProtocol, String> {

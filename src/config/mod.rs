@@ -87,6 +87,8 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     /// TLS termination (`[listeners.tls]`); plain HTTP when `None`.
     pub tls: Option<ListenerTls>,
+    /// `[listeners.trace] incoming`: whether callers' trace contexts are continued.
+    pub trace_incoming: TraceIncoming,
 }
 
 /// Whether a TLS listener asks clients for a certificate.
@@ -144,6 +146,25 @@ pub struct ClientIdentity {
     pub key: PemFile,
 }
 
+/// What a listener does with a trace context a caller sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TraceIncoming {
+    /// Continue the caller's trace (and honour its sampling decision). The default.
+    Continue,
+    /// Start a new trace for every request; the caller's context becomes a span link.
+    Restart,
+}
+
+/// A propagation format of `[tracing] propagators` (the `OTEL_PROPAGATORS` names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Propagator {
+    TraceContext,
+    B3,
+    B3Multi,
+    Jaeger,
+    XRay,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostMatch {
     /// `api.example.com`: that host only (stored lowercase, no port).
@@ -176,6 +197,8 @@ pub struct RouteConfig {
 pub enum ExporterKind {
     /// OTLP over gRPC or HTTP/protobuf (`[tracing.otlp]`).
     Otlp,
+    /// Zipkin v2 JSON over HTTP (`[tracing.zipkin]`).
+    Zipkin,
     /// One JSON line per span on stdout, for local debugging.
     Stdout,
     /// Spans are recorded for headers and logs but not exported.
@@ -230,7 +253,23 @@ pub struct TracingConfig {
     pub batch_size: usize,
     /// Longest a span waits in a partial batch.
     pub batch_delay: Duration,
+    /// Formats read (first valid wins) and written (all), in order. Empty: none (every
+    /// request starts a trace; no header is read or written).
+    pub propagators: Vec<Propagator>,
+    /// Export the span of an unsampled request anyway when it failed (5xx or transport error).
+    pub keep_errors: bool,
+    /// Export the span of an unsampled request anyway when it took longer than this.
+    pub keep_slower_than: Option<Duration>,
     pub otlp: OtlpConfig,
+    pub zipkin: ZipkinConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZipkinConfig {
+    /// Where JSON v2 spans are POSTed, e.g. `http://localhost:9411/api/v2/spans`.
+    pub endpoint: http::Uri,
+    /// Deadline for one export, retries included.
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -269,6 +308,13 @@ impl Default for TracingConfig {
             queue_size: 2048,
             batch_size: 512,
             batch_delay: Duration::from_secs(5),
+            propagators: vec![Propagator::TraceContext],
+            keep_errors: false,
+            keep_slower_than: None,
+            zipkin: ZipkinConfig {
+                endpoint: http::Uri::from_static("http://localhost:9411/api/v2/spans"),
+                timeout: Duration::from_secs(10),
+            },
             otlp: OtlpConfig {
                 protocol: OtlpProtocol::Grpc,
                 endpoint: http::Uri::from_static("http://localhost:4317"),

@@ -53,6 +53,7 @@ pub(super) struct Listener {
     /// `[listeners.tls]` is read as its own table (`ListenerTls`); listed so it is allowed.
     #[allow(dead_code)]
     pub tls: Option<serde::de::IgnoredAny>,
+    pub trace: Option<Spanned<ListenerTrace>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +63,13 @@ pub(super) struct ListenerTls {
     pub key: Option<Spanned<String>>,
     pub client_ca: Option<Spanned<String>>,
     pub client_auth: Option<Spanned<String>>,
+}
+
+/// `[listeners.trace]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListenerTrace {
+    pub incoming: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +100,12 @@ pub(super) struct Tracing {
     pub queue_size: Option<Spanned<i64>>,
     pub batch_size: Option<Spanned<i64>>,
     pub batch_delay: Option<Spanned<String>>,
+    pub propagators: Option<Spanned<Vec<Spanned<String>>>>,
+    pub keep_errors: Option<Spanned<bool>>,
+    pub keep_slower_than: Option<Spanned<String>>,
+    /// `[tracing.zipkin]`, like `otlp`, is read as its own table (`Zipkin`).
+    #[allow(dead_code)]
+    pub zipkin: Option<serde::de::IgnoredAny>,
     /// `[tracing.otlp]` is taken out and read as its own table (`Otlp`) before this struct
     /// is read; the field is here so that `otlp` is an allowed key.
     #[allow(dead_code)]
@@ -109,6 +123,13 @@ pub(super) struct Otlp {
     pub ca_file: Option<Spanned<String>>,
     pub client_cert: Option<Spanned<String>>,
     pub client_key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Zipkin {
+    pub endpoint: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +211,8 @@ pub(super) struct Document {
     pub tracing: Option<Table<Tracing>>,
     /// `[tracing.otlp]`, read apart from `[tracing]` so its errors name `tracing.otlp.KEY`.
     pub otlp: Option<Table<Otlp>>,
+    /// `[tracing.zipkin]`, read the same way.
+    pub zipkin: Option<Table<Zipkin>>,
     /// Top-level keys whose value was rejected (e.g. `service = 1`).
     pub rejected: Vec<String>,
 }
@@ -367,13 +390,17 @@ impl Reader<'_, '_> {
         }
     }
 
-    /// `[tracing]`, with `[tracing.otlp]` taken out first and read as a table of its own.
+    /// `[tracing]`, with `[tracing.otlp]` and `[tracing.zipkin]` taken out first and read as
+    /// tables of their own.
     fn tracing(&mut self, value: Spanned<DeValue<'_>>, doc: &mut Document) -> Option<()> {
         let span = value.span();
         let value = match value.into_inner() {
             DeValue::Table(mut table) => {
                 if let Some(otlp) = table.remove("otlp") {
                     doc.otlp = self.table("tracing.otlp", otlp);
+                }
+                if let Some(zipkin) = table.remove("zipkin") {
+                    doc.zipkin = self.table("tracing.zipkin", zipkin);
                 }
                 DeValue::Table(table)
             }

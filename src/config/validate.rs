@@ -19,13 +19,17 @@ use toml::Spanned;
 use super::raw::{self, Document, Span, Table};
 use super::{
     AdminConfig, Balance, Config, ConfigError, ConfigErrors, ListenerConfig, Protocol, Role,
-    Secret, ServiceConfig, ShutdownConfig, UpstreamConfig,
+    Secret, ServiceConfig, ShutdownConfig, TraceIncoming, UpstreamConfig,
 };
 
 const ROLES: &[(&str, Role)] = &[
     ("inbound", Role::Inbound),
     ("outbound", Role::Outbound),
     ("gateway", Role::Gateway),
+];
+const TRACE_INCOMING: &[(&str, TraceIncoming)] = &[
+    ("continue", TraceIncoming::Continue),
+    ("restart", TraceIncoming::Restart),
 ];
 const PROTOCOLS: &[(&str, Protocol)] = &[("http1", Protocol::Http1), ("http2", Protocol::Http2)];
 const BALANCES: &[(&str, Balance)] = &[("round_robin", Balance::RoundRobin), ("p2c", Balance::P2c)];
@@ -267,7 +271,18 @@ impl Check<'_> {
             65536,
             (8192, 1 << 20),
         );
+        let trace_incoming = match &f.trace {
+            Some(trace) => self.or_default(
+                &format!("{path}.trace"),
+                "incoming",
+                &trace.get_ref().incoming,
+                TraceIncoming::Continue,
+                |s| value::one_of(s, TRACE_INCOMING),
+            ),
+            None => Some(TraceIncoming::Continue),
+        };
         Some(ListenerConfig {
+            trace_incoming: trace_incoming?,
             name: name?,
             bind: bind?,
             role: role?,

@@ -16,12 +16,17 @@ use tracing::{debug, warn};
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::recent::RecentTraces;
-use super::{ExportStats, ExporterError, SpanSink, convert, otlp, stdout};
+use super::{ExportStats, ExporterError, SpanSink, convert, otlp, stdout, zipkin};
 use crate::config::{Config, ExporterKind};
 use crate::trace::span::SpanRecord;
 
 enum Backend {
     Otlp(Box<opentelemetry_otlp::SpanExporter>),
+    /// Zipkin v2 JSON; `service` is the local endpoint's `serviceName`.
+    Zipkin {
+        exporter: Box<zipkin::Exporter>,
+        service: String,
+    },
     Stdout,
     /// `exporter = "none"`: spans only feed the recent-traces view.
     None,
@@ -72,6 +77,10 @@ pub fn spawn(
     let backend = match tracing.exporter {
         ExporterKind::None => Backend::None,
         ExporterKind::Stdout => Backend::Stdout,
+        ExporterKind::Zipkin => Backend::Zipkin {
+            exporter: Box::new(zipkin::build(&tracing.zipkin)?),
+            service: config.service.name.clone(),
+        },
         ExporterKind::Otlp => {
             Backend::Otlp(Box::new(otlp::build(&tracing.otlp, &resource(config))?))
         }
@@ -147,14 +156,14 @@ async fn run(
         batch_duration: &batch_duration,
     };
     let scope = convert::scope();
-    let mut batch: Vec<SpanData> = Vec::with_capacity(batch_size);
+    let mut batch = Batch::with_capacity(batch_size, &backend);
     let mut tick = tokio::time::interval(batch_delay);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             span = rx.recv() => match span {
                 Some(span) => {
-                    batch.push(convert::to_span_data(&span, &scope));
+                    batch.push(&span, &scope, &backend);
                     if batch.len() >= batch_size {
                         sinks.export(&mut batch).await;
                     }
@@ -171,7 +180,7 @@ async fn run(
                 // Shutdown: take what is queued now, export it, stop.
                 rx.close();
                 while let Ok(span) = rx.try_recv() {
-                    batch.push(convert::to_span_data(&span, &scope));
+                    batch.push(&span, &scope, &backend);
                     if batch.len() >= batch_size {
                         sinks.export(&mut batch).await;
                     }
@@ -189,6 +198,44 @@ async fn run(
     debug!("span export stopped");
 }
 
+/// Spans waiting for export: the OpenTelemetry form (for OTLP, stdout and the recent-traces
+/// view) and, for Zipkin, its JSON, built from the record while the record is at hand.
+struct Batch {
+    spans: Vec<SpanData>,
+    zipkin: Vec<serde_json::Value>,
+}
+
+impl Batch {
+    fn with_capacity(n: usize, backend: &Backend) -> Batch {
+        let zipkin = matches!(backend, Backend::Zipkin { .. });
+        Batch {
+            spans: Vec::with_capacity(n),
+            zipkin: Vec::with_capacity(if zipkin { n } else { 0 }),
+        }
+    }
+
+    fn push(
+        &mut self,
+        span: &SpanRecord,
+        scope: &opentelemetry::InstrumentationScope,
+        backend: &Backend,
+    ) {
+        let data = convert::to_span_data(span, scope);
+        if let Backend::Zipkin { service, .. } = backend {
+            self.zipkin.push(zipkin::to_json(span, &data, service));
+        }
+        self.spans.push(data);
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
 /// Where a finished batch goes: the recent-traces view, then the exporter.
 struct Sinks<'a> {
     backend: &'a Backend,
@@ -198,18 +245,23 @@ struct Sinks<'a> {
 }
 
 impl Sinks<'_> {
-    async fn export(&self, batch: &mut Vec<SpanData>) {
-        self.recent.record(batch);
+    async fn export(&self, batch: &mut Batch) {
+        self.recent.record(&batch.spans);
         let started = std::time::Instant::now();
         export(self.backend, batch, self.stats).await;
         self.batch_duration.observe(started.elapsed().as_secs_f64());
     }
 }
 
-async fn export(backend: &Backend, batch: &mut Vec<SpanData>, stats: &ExportStats) {
-    let spans = std::mem::take(batch);
+async fn export(backend: &Backend, batch: &mut Batch, stats: &ExportStats) {
+    let spans = std::mem::take(&mut batch.spans);
+    let zipkin_spans = std::mem::take(&mut batch.zipkin);
     let count = spans.len() as u64;
     let result = match backend {
+        Backend::Zipkin { exporter, .. } => exporter
+            .export(&zipkin_spans)
+            .await
+            .map_err(|e| e.to_string()),
         Backend::Otlp(exporter) => exporter.export(spans).await.map_err(|e| e.to_string()),
         Backend::Stdout => stdout::write(&spans).map_err(|e| e.to_string()),
         // Not exported, and not lost either: nothing to count.

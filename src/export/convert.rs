@@ -68,10 +68,38 @@ pub fn to_span_data(span: &SpanRecord, scope: &InstrumentationScope) -> SpanData
         attributes: attributes(span),
         dropped_attributes_count: 0,
         events,
-        links: SpanLinks::default(),
+        links: links(span),
         status: status(span),
         instrumentation_scope: scope.clone(),
     }
+}
+
+fn links(span: &SpanRecord) -> SpanLinks {
+    let mut links = SpanLinks::default();
+    for link in &span.links {
+        let trace_state = link
+            .tracestate
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<OtelTraceState>().ok())
+            .unwrap_or_default();
+        let context = SpanContext::new(
+            OtelTraceId::from_bytes(link.trace_id.0),
+            OtelSpanId::from_bytes(link.span_id.0),
+            OtelFlags::new(link.flags.0),
+            true,
+            trace_state,
+        );
+        let attributes = link
+            .attributes
+            .iter()
+            .map(|(k, v)| KeyValue::new(*k, *v))
+            .collect();
+        links
+            .links
+            .push(opentelemetry::trace::Link::new(context, attributes, 0));
+    }
+    links
 }
 
 /// Semantic conventions: 5xx is an error on both kinds, 4xx only on CLIENT spans (for a
@@ -99,6 +127,9 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
     }
     if let Some(kind) = span.error_type {
         attrs.push(KeyValue::new("error.type", kind));
+    }
+    if let Some(reason) = span.kept_reason {
+        attrs.push(KeyValue::new("hoptrace.kept_reason", reason));
     }
     if let Some(route) = &span.route {
         attrs.push(KeyValue::new("http.route", route.to_string()));
@@ -262,8 +293,64 @@ mod tests {
 
     #[test]
     fn credentials_in_the_target_never_reach_url_full() {
+        let span = record();
+        let attrs = attributes(&span);
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(
+            get("url.full").as_deref(),
+            Some("http://pay.internal:8080/charge?api_key=REDACTED&x=1")
+        );
+        assert_eq!(get("server.address").as_deref(), Some("pay.internal"));
+        assert!(
+            attrs
+                .iter()
+                .all(|kv| !kv.value.to_string().contains("s3cret"))
+        );
+    }
+
+    #[test]
+    fn links_and_the_kept_reason_are_exported() {
         use crate::trace::context::{SpanId, TraceFlags, TraceId};
-        let span = SpanRecord {
+        use crate::trace::span::SpanLink;
+        let mut span = record();
+        span.kept_reason = Some("error");
+        span.links.push(SpanLink {
+            trace_id: TraceId([3; 16]),
+            span_id: SpanId([4; 8]),
+            flags: TraceFlags(1),
+            tracestate: Some(http::HeaderValue::from_static("k=v")),
+            attributes: vec![("hoptrace.link.reason", "restart")],
+        });
+        let data = to_span_data(&span, &scope());
+        assert!(
+            data.attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "hoptrace.kept_reason" && kv.value.as_str() == "error")
+        );
+        let [link] = &data.links.links[..] else {
+            panic!("one link expected: {:?}", data.links);
+        };
+        assert_eq!(
+            link.span_context.trace_id(),
+            OtelTraceId::from_bytes([3; 16])
+        );
+        assert_eq!(link.span_context.span_id(), OtelSpanId::from_bytes([4; 8]));
+        assert!(link.span_context.is_sampled() && link.span_context.is_remote());
+        assert_eq!(link.span_context.trace_state().get("k"), Some("v"));
+        assert_eq!(
+            link.attributes,
+            [KeyValue::new("hoptrace.link.reason", "restart")]
+        );
+    }
+
+    fn record() -> SpanRecord {
+        use crate::trace::context::{SpanId, TraceFlags, TraceId};
+        SpanRecord {
             kind: SpanKind::Client,
             trace_id: TraceId([1; 16]),
             span_id: SpanId([2; 8]),
@@ -293,24 +380,9 @@ mod tests {
             request_headers: Vec::new(),
             response_headers: Vec::new(),
             redact_query_keys: vec!["api_key".to_string()].into(),
-        };
-        let attrs = attributes(&span);
-        let get = |k: &str| {
-            attrs
-                .iter()
-                .find(|kv| kv.key.as_str() == k)
-                .map(|kv| kv.value.to_string())
-        };
-        assert_eq!(
-            get("url.full").as_deref(),
-            Some("http://pay.internal:8080/charge?api_key=REDACTED&x=1")
-        );
-        assert_eq!(get("server.address").as_deref(), Some("pay.internal"));
-        assert!(
-            attrs
-                .iter()
-                .all(|kv| !kv.value.to_string().contains("s3cret"))
-        );
+            links: Vec::new(),
+            kept_reason: None,
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Getting spans out without slowing requests: `SpanSink` (the request path's handle: a
 //! bounded queue, `try_send`, full → drop and count) → the batcher task (batches by size or
-//! delay) → an exporter (OTLP over gRPC or HTTP/protobuf, or stdout). The conversion to the
+//! delay) → an exporter (OTLP over gRPC or HTTP/protobuf, Zipkin v2 JSON, or stdout). The conversion to the
 //! OpenTelemetry model happens in the batcher task, off the request path.
 
 mod batcher;
@@ -9,6 +9,7 @@ mod otlp;
 mod partial;
 pub mod recent;
 mod stdout;
+mod zipkin;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,10 @@ pub struct ExportStats {
     pub dropped: AtomicU64,
     /// Spans lost because their export failed after retries.
     pub failed: AtomicU64,
+    /// Spans of unsampled requests kept because they failed (`keep_errors`).
+    pub kept_error: AtomicU64,
+    /// Spans of unsampled requests kept because they were slow (`keep_slower_than`).
+    pub kept_slow: AtomicU64,
 }
 
 impl ExportStats {
@@ -64,6 +69,15 @@ impl SpanSink {
     /// Whether sampled spans should be recorded at all.
     pub fn is_enabled(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// Counts spans kept by tail keeping, by reason (`"error"` or `"slow"`).
+    pub fn count_kept(&self, reason: &str, spans: u64) {
+        let counter = match reason {
+            "error" => &self.stats.kept_error,
+            _ => &self.stats.kept_slow,
+        };
+        counter.fetch_add(spans, Ordering::Relaxed);
     }
 
     /// Queues a finished span; when the queue is full the span is dropped and counted.

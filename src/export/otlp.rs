@@ -134,6 +134,42 @@ fn https_connector(
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     ExporterError,
 > {
+    let identity = match client_identity(config)? {
+        Some((cert, key)) => {
+            let path = config
+                .client_cert
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            let chain =
+                crate::config::pem::certs(path, &cert).map_err(ExporterError::ClientIdentity)?;
+            let path = config
+                .client_key
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            let key = crate::config::pem::key(path, &key).map_err(ExporterError::ClientIdentity)?;
+            Some((chain, key))
+        }
+        None => None,
+    };
+    tls_connector(config.ca_file.as_deref(), identity)
+}
+
+/// A client certificate chain and its key, parsed.
+type ParsedIdentity = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// An `http` and `https` connector: rustls with the ring provider, trusting `ca_file` when
+/// given, else the system's roots, presenting `identity` when given. Also the Zipkin
+/// exporter's.
+pub(super) fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+    identity: Option<ParsedIdentity>,
+) -> Result<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    ExporterError,
+> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
 
@@ -141,7 +177,6 @@ fn https_connector(
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ExporterError::Tls(e.to_string()))?;
-    let ca_file = config.ca_file.as_deref();
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -167,23 +202,10 @@ fn https_connector(
         }
     }
     let builder = builder.with_root_certificates(roots);
-    let tls = match client_identity(config)? {
-        Some((cert, key)) => {
-            let path = config
-                .client_cert
-                .as_deref()
-                .unwrap_or(std::path::Path::new(""));
-            let chain =
-                crate::config::pem::certs(path, &cert).map_err(ExporterError::ClientIdentity)?;
-            let path = config
-                .client_key
-                .as_deref()
-                .unwrap_or(std::path::Path::new(""));
-            let key = crate::config::pem::key(path, &key).map_err(ExporterError::ClientIdentity)?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| ExporterError::ClientIdentity(e.to_string()))?
-        }
+    let tls = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| ExporterError::ClientIdentity(e.to_string()))?,
         None => builder.with_no_client_auth(),
     };
     Ok(hyper_rustls::HttpsConnectorBuilder::new()

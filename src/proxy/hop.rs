@@ -1,5 +1,7 @@
-//! One request's trace: continue or start the W3C context, decide sampling, inject the
-//! `traceparent` the upstream sees, add `traceresponse`, and fill in this hop's spans.
+//! One request's trace: continue the caller's context (read in the configured propagation
+//! formats; or, in `restart` mode, start a new trace and link the caller), decide sampling,
+//! inject the context the upstream sees in every configured format, add `traceresponse`, and
+//! fill in this hop's spans.
 //!
 //! Which spans a hop records depends on the listener's role: inbound → one SERVER span;
 //! outbound → one CLIENT span per upstream attempt; gateway → a SERVER span with the CLIENT
@@ -7,7 +9,9 @@
 //!
 //! Spans end when the response body has been sent to the client, or the stream failed, or
 //! the client went away (`SpanFinish`, driven by `ResponseBody`). An unsampled request (or
-//! `exporter = "none"`) builds no `SpanRecord`: it only formats the headers it forwards.
+//! `exporter = "none"`) builds no `SpanRecord`: it only formats the headers it forwards;
+//! unless tail keeping is on, in which case it is recorded and exported only if it fails or
+//! is slow (`finish`).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -17,19 +21,22 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{CaptureConnection, capture_connection};
 
+mod finish;
+
+pub use self::finish::{Outcome, SpanFinish};
+
 use super::connector::conn_meta;
 use super::error::ProxyError;
 use super::listener::{ConnInfo, ListenerCtx};
 use super::route::Route;
 use super::snapshot::{RouteTarget, Snapshot};
-use crate::config::{Config, Role};
+use crate::config::{Config, Propagator, Role, TraceIncoming};
 use crate::export::SpanSink;
-use crate::trace::context::{SpanId, TraceFlags, TraceId, TraceParent, extract};
+use crate::trace::context::{SpanId, TraceFlags, TraceId, TraceParent};
+use crate::trace::propagation::{self, Format, Outgoing};
 use crate::trace::sampler::Sampler;
-use crate::trace::span::{ConnectionAcquired, SpanKind, SpanRecord};
+use crate::trace::span::{ConnectionAcquired, SpanKind, SpanLink, SpanRecord};
 
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
 
 /// The trace of one request through this hop.
@@ -37,6 +44,12 @@ static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
 pub struct Hop {
     trace_id: TraceId,
     flags: TraceFlags,
+    /// Debug sampling asked by the caller (B3, Jaeger); written back in those formats.
+    debug: bool,
+    /// The trace id came as 64 bits (B3, Jaeger) and is written back so in those formats.
+    short_trace_id: bool,
+    /// The received `X-Amzn-Trace-Id` when `xray` is configured, for its passed-on fields.
+    xray: Option<HeaderValue>,
     tracestate: Option<HeaderValue>,
     server_id: Option<SpanId>,
     client_id: Option<SpanId>,
@@ -55,23 +68,15 @@ struct Recording {
     client: Option<SpanRecord>,
     client_started: Option<Instant>,
     capture: Option<CaptureConnection>,
+    /// Set for an unsampled request recorded only in case it fails or is slow.
+    tail: Option<Tail>,
 }
 
-/// How the response ended, for the spans' status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The whole body was handed to the client.
-    Complete,
-    /// The upstream's body failed mid-stream.
-    UpstreamFailed,
-    /// The client went away before the body was complete.
-    ClientGone,
-}
-
-/// Finishes a hop's spans when the response ends (see `ResponseBody`).
-#[derive(Debug)]
-pub struct SpanFinish {
-    recording: Box<Recording>,
+/// When an unsampled request's spans are kept anyway (`keep_errors`, `keep_slower_than`).
+#[derive(Clone, Copy, Debug)]
+struct Tail {
+    errors: bool,
+    slower_than: Option<std::time::Duration>,
 }
 
 impl Hop {
@@ -94,24 +99,61 @@ impl Hop {
             None => (None, None),
         };
         let tracing = &snapshot.config.tracing;
-        let extracted = extract(req.headers());
-        let trace_id = extracted
-            .parent
-            .map_or_else(TraceId::random, |p| p.trace_id);
+        let incoming = propagation::extract(req.headers(), formats(&tracing.propagators));
+        if incoming.invalid != 0 {
+            for format in incoming.invalid_formats() {
+                ctx.invalid_contexts.invalid(format.name());
+            }
+        }
+        let restart = snapshot
+            .config
+            .listeners
+            .get(ctx.index)
+            .is_some_and(|l| l.trace_incoming == TraceIncoming::Restart);
+        // Restart: the caller's context is only a link; nothing of it is continued.
+        let remote = incoming.remote.filter(|_| !restart);
+        let trace_id = remote.map_or_else(TraceId::random, |r| r.trace_id);
         let sampler = Sampler {
             ratio: sampling_ratio.unwrap_or(tracing.sampling_ratio),
             parent_based: tracing.parent_based,
         };
-        let flags = sampler.decide(extracted.parent.as_ref(), &trace_id);
+        let flags = match (remote, incoming.decision.filter(|_| !restart)) {
+            // Debug (B3 `d`, Jaeger 0x02) asks for sampling whatever the ratio says.
+            (Some(r), _) if r.debug => r.flags.with_sampled(true),
+            (Some(r), _) if r.sampled.is_some() => sampler.decide(Some(r.flags), &trace_id),
+            // The caller deferred the decision (B3 without state, X-Ray `Sampled=?`): ours.
+            (Some(r), _) => r
+                .flags
+                .with_sampled(sampler.decide(None, &trace_id).is_sampled()),
+            // A B3 sampling state without ids: the caller's decision for a new trace.
+            (None, Some((sampled, debug))) => {
+                let flags = TraceFlags::default().with_sampled(sampled || debug);
+                sampler.decide(Some(flags), &trace_id)
+            }
+            (None, None) => sampler.decide(None, &trace_id),
+        };
+        let debug = remote.is_some_and(|r| r.debug)
+            || incoming
+                .decision
+                .is_some_and(|(_, debug)| debug && !restart);
         // W3C §3.3: tracestate goes with the parent it came with; a new trace starts empty.
-        let tracestate = extracted
-            .parent
-            .and(extracted.tracestate)
-            .map(|ts| ts.header_value().clone());
+        // Restart: the caller's context (with its tracestate) is kept only for the link.
+        let (tracestate, caller) = match restart {
+            false => (remote.and(incoming.tracestate), None),
+            true => (None, incoming.remote.map(|r| (r, incoming.tracestate))),
+        };
         let server_id = (role != Role::Outbound).then(SpanId::random);
         let client_id = (role != Role::Inbound).then(SpanId::random);
 
-        let recording = (flags.is_sampled() && sink.is_enabled()).then(|| {
+        // Tail keeping: an unsampled request is recorded too, and exported only if it turns
+        // out to fail or be slow (decided in `SpanFinish::finish`).
+        let tail = (!flags.is_sampled()
+            && (tracing.keep_errors || tracing.keep_slower_than.is_some()))
+        .then_some(Tail {
+            errors: tracing.keep_errors,
+            slower_than: tracing.keep_slower_than,
+        });
+        let recording = ((flags.is_sampled() || tail.is_some()) && sink.is_enabled()).then(|| {
             let headers = req.headers();
             let captured = capture(&tracing.capture_request_headers, headers);
             Box::new(Recording {
@@ -121,8 +163,8 @@ impl Hop {
                     kind: SpanKind::Server,
                     trace_id,
                     span_id: server_id.or(client_id).unwrap_or_else(SpanId::random),
-                    parent_span_id: extracted.parent.map(|p| p.parent_id),
-                    parent_is_remote: extracted.parent.is_some(),
+                    parent_span_id: remote.and_then(|r| r.span_id),
+                    parent_is_remote: remote.is_some_and(|r| r.span_id.is_some()),
                     flags,
                     tracestate: tracestate.clone(),
                     start: wall,
@@ -145,7 +187,21 @@ impl Hop {
                     request_headers: captured,
                     response_headers: Vec::new(),
                     redact_query_keys: snapshot.redact_query_keys.clone(),
+                    links: caller
+                        .and_then(|(r, tracestate)| {
+                            Some(SpanLink {
+                                trace_id: r.trace_id,
+                                span_id: r.span_id?,
+                                flags: r.flags,
+                                tracestate,
+                                attributes: vec![("hoptrace.link.reason", "restart")],
+                            })
+                        })
+                        .into_iter()
+                        .collect(),
+                    kept_reason: None,
                 },
+                tail,
                 has_server: role != Role::Outbound,
                 client: None,
                 client_started: None,
@@ -155,6 +211,9 @@ impl Hop {
         Some(Hop {
             trace_id,
             flags,
+            debug,
+            short_trace_id: remote.is_some_and(|r| r.short_trace_id),
+            xray: incoming.xray.filter(|_| !restart),
             tracestate,
             server_id,
             client_id,
@@ -173,25 +232,23 @@ impl Hop {
         self.server_id.or(self.client_id)
     }
 
-    /// Writes the context the upstream continues: one `traceparent` (also when unsampled:
-    /// its flag says so) and the incoming `tracestate`, unchanged, or none for a new trace.
+    /// Writes the context the upstream continues in every configured format (also when
+    /// unsampled: the flag says so). The incoming `tracestate` goes on unchanged, or none for
+    /// a new trace. Headers of formats not configured are left as they came.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        if let Some(parent_id) = self.upstream_parent() {
-            let parent = TraceParent {
-                trace_id: self.trace_id,
-                parent_id,
-                flags: self.flags,
-            };
-            headers.insert(TRACEPARENT.clone(), parent.to_header_value());
-        }
-        match &self.tracestate {
-            Some(ts) => {
-                headers.insert(TRACESTATE.clone(), ts.clone());
-            }
-            None => {
-                headers.remove(&TRACESTATE);
-            }
-        }
+        let Some(span_id) = self.upstream_parent() else {
+            return;
+        };
+        let out = Outgoing {
+            trace_id: self.trace_id,
+            span_id,
+            flags: self.flags,
+            debug: self.debug,
+            short_trace_id: self.short_trace_id,
+            tracestate: self.tracestate.as_ref(),
+            xray: self.xray.as_ref(),
+        };
+        propagation::inject(headers, formats(&self.config.tracing.propagators), &out);
     }
 
     /// An upstream attempt begins (CLIENT span start) on `peer`, over TLS if `tls`.
@@ -207,9 +264,10 @@ impl Hop {
         client.kind = SpanKind::Client;
         client.span_id = client_id;
         if let Some(server_id) = self.server_id {
-            // Gateway: the CLIENT span is a child of this hop's SERVER span.
+            // Gateway: the CLIENT span is a child of this hop's SERVER span, which has the links.
             client.parent_span_id = Some(server_id);
             client.parent_is_remote = false;
+            client.links = Vec::new();
         }
         client.start = rec.base.start + now.duration_since(rec.started);
         client.peer = Some(peer.clone());
@@ -320,36 +378,13 @@ fn capture(names: &[HeaderName], headers: &HeaderMap) -> Vec<(HeaderName, Header
         .collect()
 }
 
-impl SpanFinish {
-    pub fn finish(self, outcome: Outcome) {
-        let Recording {
-            sink,
-            started,
-            mut base,
-            has_server,
-            client,
-            client_started,
-            ..
-        } = *self.recording;
-        let now = Instant::now();
-        let error = match outcome {
-            Outcome::Complete => None,
-            Outcome::UpstreamFailed => Some("upstream_reset"),
-            Outcome::ClientGone => Some("client_closed"),
-        };
-        if let Some(mut client) = client {
-            client.duration = now.duration_since(client_started.unwrap_or(started));
-            if client.error_type.is_none() {
-                client.error_type = error;
-            }
-            sink.try_send(client);
-        }
-        if has_server {
-            base.duration = now.duration_since(started);
-            if base.error_type.is_none() {
-                base.error_type = error;
-            }
-            sink.try_send(base);
-        }
-    }
+/// The configured propagators as trace formats (a fixed mapping: no allocation).
+fn formats(list: &[Propagator]) -> impl Iterator<Item = Format> + '_ {
+    list.iter().map(|p| match p {
+        Propagator::TraceContext => Format::TraceContext,
+        Propagator::B3 => Format::B3,
+        Propagator::B3Multi => Format::B3Multi,
+        Propagator::Jaeger => Format::Jaeger,
+        Propagator::XRay => Format::XRay,
+    })
 }

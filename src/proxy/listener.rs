@@ -32,6 +32,8 @@ pub struct ListenerCtx {
     pub sink: SpanSink,
     /// Open client connections on this listener.
     pub open_connections: prometheus_client::metrics::gauge::Gauge,
+    /// Rejected trace-context headers, by format.
+    pub invalid_contexts: crate::metrics::ContextMetrics,
 }
 
 /// The connection a request arrived on.

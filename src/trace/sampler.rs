@@ -5,7 +5,7 @@
 //! lower 63 bits of the trace id's last 8 bytes against `ratio × 2^63`), so every hop and
 //! every OpenTelemetry SDK with the same ratio decides the same way for the same trace.
 
-use super::context::{TraceFlags, TraceId, TraceParent};
+use super::context::{TraceFlags, TraceId};
 
 /// How to decide.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -18,13 +18,11 @@ pub struct Sampler {
 
 impl Sampler {
     /// The flags of this hop's span: the parent's flags (unknown bits kept) with the sampled
-    /// bit set by the decision.
-    pub fn decide(&self, parent: Option<&TraceParent>, trace_id: &TraceId) -> TraceFlags {
+    /// bit set by the decision. `parent` is the flags of a parent that made a decision.
+    pub fn decide(&self, parent: Option<TraceFlags>, trace_id: &TraceId) -> TraceFlags {
         match parent {
-            Some(parent) if self.parent_based => parent.flags,
-            Some(parent) => parent
-                .flags
-                .with_sampled(ratio_sampled(self.ratio, trace_id)),
+            Some(flags) if self.parent_based => flags,
+            Some(flags) => flags.with_sampled(ratio_sampled(self.ratio, trace_id)),
             None => TraceFlags::default().with_sampled(ratio_sampled(self.ratio, trace_id)),
         }
     }
@@ -48,7 +46,7 @@ pub fn ratio_sampled(ratio: f64, trace_id: &TraceId) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::trace::context::SpanId;
+    use crate::trace::context::{SpanId, TraceParent};
 
     fn id(low: u64) -> TraceId {
         TraceId(((7u128 << 64) | low as u128).to_be_bytes())
@@ -81,7 +79,7 @@ mod tests {
             flags: TraceFlags(0x81),
         };
         assert_eq!(
-            sampler.decide(Some(&parent), &parent.trace_id),
+            sampler.decide(Some(parent.flags), &parent.trace_id),
             TraceFlags(0x81)
         );
         let unsampled = TraceParent {
@@ -93,7 +91,7 @@ mod tests {
             parent_based: true,
         };
         assert_eq!(
-            always.decide(Some(&unsampled), &parent.trace_id),
+            always.decide(Some(unsampled.flags), &parent.trace_id),
             TraceFlags(0x80)
         );
         // Not parent-based: the ratio decides, the other bits stay.
@@ -102,7 +100,7 @@ mod tests {
             parent_based: false,
         };
         assert_eq!(
-            ratio_only.decide(Some(&unsampled), &parent.trace_id),
+            ratio_only.decide(Some(unsampled.flags), &parent.trace_id),
             TraceFlags(0x81)
         );
         assert_eq!(sampler.decide(None, &id(0)), TraceFlags(0));

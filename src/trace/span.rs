@@ -67,6 +67,21 @@ pub struct SpanRecord {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// Query keys whose values are replaced by `REDACTED` when exported.
     pub redact_query_keys: Arc<[String]>,
+    /// Spans this one relates to without being their child (restart mode: the caller's).
+    pub links: Vec<SpanLink>,
+    /// Set when the head decision was not to sample but the span was kept anyway:
+    /// `"error"` or `"slow"` (`hoptrace.kept_reason`).
+    pub kept_reason: Option<&'static str>,
+}
+
+/// A link to another span (OpenTelemetry span links).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanLink {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub flags: TraceFlags,
+    pub tracestate: Option<HeaderValue>,
+    pub attributes: Vec<(&'static str, &'static str)>,
 }
 
 impl SpanRecord {

@@ -262,6 +262,11 @@ impl Receiver {
         self.state.spans.lock().unwrap().clone()
     }
 
+    /// Forgets the spans received so far (to look at the next request's alone).
+    pub fn clear(&self) {
+        self.state.spans.lock().unwrap().clear();
+    }
+
     /// Polls until at least `n` spans arrived; panics after 20 s with what it has.
     pub async fn wait_for_spans(&self, n: usize) -> Vec<ReceivedSpan> {
         let deadline = Duration::from_secs(20);

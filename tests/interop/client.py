@@ -3,8 +3,9 @@
 Usage: client.py URL [OTLP_TRACES_ENDPOINT]
   (default endpoint: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
 
-Starts a CLIENT span "py-client call" (resource service.name "py-client"), injects the W3C
-trace context into the request headers, GETs URL with urllib (no proxy from the environment),
+Starts a CLIENT span "py-client call" (resource service.name "py-client"), injects the trace
+context into the request headers (W3C by default; OTEL_PROPAGATORS picks others, e.g. b3,
+b3multi, jaeger), GETs URL with urllib (no proxy from the environment),
 prints one JSON line {"trace_id", "span_id", "status", "body"} (body parsed as JSON when it is
 JSON), force-flushes the spans over OTLP/HTTP protobuf and exits 0. A failed connection prints
 "status": 0 with an "error" and exits 1.

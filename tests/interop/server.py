@@ -4,8 +4,10 @@ Usage: server.py [OTLP_TRACES_ENDPOINT]
   (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, e.g. http://127.0.0.1:4318/v1/traces)
 
 Listens on 127.0.0.1:0 and prints "PORT <n>" as its first stdout line. For every GET it
-extracts the W3C trace context from the request headers, records a SERVER span
-"<METHOD> <path>" as its child, answers 200 with JSON {"traceparent": <header received>},
+extracts the trace context from the request headers (W3C by default; OTEL_PROPAGATORS picks
+others, e.g. b3, b3multi, jaeger), records a SERVER span "<METHOD> <path>" as its child,
+answers 200 with JSON {"traceparent": <header received>, "headers": {name: value}} (names
+lowercase),
 and ends the span; spans go out at once (SimpleSpanProcessor) over OTLP/HTTP protobuf with
 resource service.name "py-server". Exits cleanly on SIGTERM/SIGINT or when stdin closes.
 """
@@ -63,7 +65,10 @@ def main():
                 },
             )
             try:
-                body = json.dumps({"traceparent": self.headers.get("traceparent")}).encode()
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                body = json.dumps(
+                    {"traceparent": self.headers.get("traceparent"), "headers": headers}
+                ).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))

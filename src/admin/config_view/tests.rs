@@ -47,7 +47,16 @@ fn the_view_uses_the_toml_names_and_masks_secrets() {
             "header_read_timeout": "10s",
             "max_header_bytes": 65536,
             "tls": null,
+            "trace": {"incoming": "continue"},
         })
+    );
+    assert_eq!(v["listeners"][2]["trace"]["incoming"], "restart");
+    assert_eq!(v["tracing"]["propagators"], json!(["tracecontext", "b3"]));
+    assert_eq!(v["tracing"]["keep_errors"], true);
+    assert_eq!(v["tracing"]["keep_slower_than"], "500ms");
+    assert_eq!(
+        v["tracing"]["zipkin"],
+        json!({"endpoint": "http://localhost:9411/api/v2/spans", "timeout": "10s"})
     );
     assert_eq!(v["routes"][3]["host"], "*.inventory.internal");
     assert_eq!(

@@ -367,6 +367,56 @@ fn batch_processor() {
 }
 
 #[test]
+fn propagators_replace_the_file_list_in_their_order() {
+    use crate::config::Propagator as P;
+    let file = "[tracing]\npropagators = [\"b3\"]\n";
+    let t = ok(
+        file,
+        &[(
+            "OTEL_PROPAGATORS",
+            "xray, Jaeger,baggage,b3multi,tracecontext,b3",
+        )],
+    )
+    .tracing;
+    assert_eq!(
+        t.propagators,
+        [P::XRay, P::Jaeger, P::B3Multi, P::TraceContext, P::B3]
+    );
+    assert_eq!(ok(file, &[]).tracing.propagators, [P::B3]);
+    assert!(
+        ok(file, &[("OTEL_PROPAGATORS", "none")])
+            .tracing
+            .propagators
+            .is_empty()
+    );
+    assert!(
+        ok(file, &[("OTEL_PROPAGATORS", "baggage")])
+            .tracing
+            .propagators
+            .is_empty()
+    );
+}
+
+#[test]
+fn zipkin_variables() {
+    let t = ok(
+        "",
+        &[
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+            (
+                "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+                "http://zipkin:9411/api/v2/spans",
+            ),
+            ("OTEL_EXPORTER_ZIPKIN_TIMEOUT", "2500"),
+        ],
+    )
+    .tracing;
+    assert_eq!(t.exporter, ExporterKind::Zipkin);
+    assert_eq!(t.zipkin.endpoint, "http://zipkin:9411/api/v2/spans");
+    assert_eq!(t.zipkin.timeout, Duration::from_millis(2500));
+}
+
+#[test]
 fn errors_name_the_variable() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (
@@ -390,8 +440,9 @@ fn errors_name_the_variable() {
              parentbased_traceidratio",
         ),
         (
-            &[("OTEL_TRACES_EXPORTER", "zipkin")],
-            "OTEL_TRACES_EXPORTER: invalid value \"zipkin\"; expected one of: otlp, console, none",
+            &[("OTEL_TRACES_EXPORTER", "jaeger")],
+            "OTEL_TRACES_EXPORTER: invalid value \"jaeger\"; expected one of: otlp, zipkin, console, \
+             none",
         ),
         (
             &[("OTEL_RESOURCE_ATTRIBUTES", "a=1,oops")],
@@ -455,14 +506,13 @@ fn errors_name_the_variable() {
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE: must be at least 1 (got 0)",
         ),
         (
-            &[("OTEL_PROPAGATORS", "tracecontext,b3")],
-            "OTEL_PROPAGATORS: \"b3\" not supported; hoptrace supports tracecontext (baggage is \
-             accepted and ignored)",
+            &[("OTEL_PROPAGATORS", "tracecontext,ottrace")],
+            "OTEL_PROPAGATORS: \"ottrace\" is not supported; supported: tracecontext, baggage \
+             (passed through), b3, b3multi, jaeger, xray, none",
         ),
         (
-            &[("OTEL_PROPAGATORS", "baggage")],
-            "OTEL_PROPAGATORS: \"baggage\" must include tracecontext; hoptrace supports \
-             tracecontext (baggage is accepted and ignored)",
+            &[("OTEL_PROPAGATORS", "none,b3")],
+            "OTEL_PROPAGATORS: \"none\" cannot be combined with other propagators",
         ),
     ];
     for (vars, expected) in cases {
@@ -481,7 +531,7 @@ fn every_error_is_reported_and_nothing_is_applied() {
         "",
         &[
             ("OTEL_SERVICE_NAME", "billing"),
-            ("OTEL_TRACES_EXPORTER", "zipkin"),
+            ("OTEL_TRACES_EXPORTER", "jaeger"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "-1"),
         ],
     )
@@ -490,7 +540,8 @@ fn every_error_is_reported_and_nothing_is_applied() {
         found,
         [
             "OTEL_BSP_MAX_QUEUE_SIZE: must be at least 1 (got -1)",
-            "OTEL_TRACES_EXPORTER: invalid value \"zipkin\"; expected one of: otlp, console, none",
+            "OTEL_TRACES_EXPORTER: invalid value \"jaeger\"; expected one of: otlp, zipkin, console, \
+             none",
         ]
     );
 }

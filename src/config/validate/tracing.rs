@@ -8,12 +8,24 @@ use toml::Spanned;
 
 use super::{Check, value};
 use crate::config::raw::{self, Document};
-use crate::config::{Compression, ExporterKind, OtlpConfig, OtlpProtocol, Secret, TracingConfig};
+use crate::config::{
+    Compression, ExporterKind, OtlpConfig, OtlpProtocol, Propagator, Secret, TracingConfig,
+    ZipkinConfig,
+};
 
 pub(in crate::config) const EXPORTERS: &[(&str, ExporterKind)] = &[
     ("otlp", ExporterKind::Otlp),
+    ("zipkin", ExporterKind::Zipkin),
     ("stdout", ExporterKind::Stdout),
     ("none", ExporterKind::None),
+];
+/// `[tracing] propagators`, by their `OTEL_PROPAGATORS` names.
+pub(in crate::config) const PROPAGATORS: &[(&str, Propagator)] = &[
+    ("tracecontext", Propagator::TraceContext),
+    ("b3", Propagator::B3),
+    ("b3multi", Propagator::B3Multi),
+    ("jaeger", Propagator::Jaeger),
+    ("xray", Propagator::XRay),
 ];
 pub(in crate::config) const OTLP_PROTOCOLS: &[(&str, OtlpProtocol)] = &[
     ("grpc", OtlpProtocol::Grpc),
@@ -36,8 +48,13 @@ impl Check<'_> {
     pub(super) fn tracing(&mut self, doc: &Document) -> Option<TracingConfig> {
         let d = TracingConfig::default();
         let otlp = self.otlp(doc.otlp.as_ref().map(|t| &t.fields), &d.otlp);
+        let zipkin = self.zipkin(doc.zipkin.as_ref().map(|t| &t.fields), &d.zipkin);
         let Some(t) = &doc.tracing else {
-            return Some(TracingConfig { otlp: otlp?, ..d });
+            return Some(TracingConfig {
+                otlp: otlp?,
+                zipkin: zipkin?,
+                ..d
+            });
         };
         let path = "tracing";
         let f = &t.fields;
@@ -78,7 +95,22 @@ impl Check<'_> {
             d.batch_delay,
             value::positive_duration,
         );
+        let propagators = match &f.propagators {
+            Some(list) => self.propagators(list),
+            None => Some(d.propagators),
+        };
+        let keep_errors = f.keep_errors.as_ref().is_some_and(|b| *b.get_ref());
+        let keep_slower_than = self.optional(
+            path,
+            "keep_slower_than",
+            &f.keep_slower_than,
+            value::positive_duration,
+        );
         Some(TracingConfig {
+            propagators: propagators?,
+            keep_errors,
+            keep_slower_than: keep_slower_than?,
+            zipkin: zipkin?,
             exporter: exporter?,
             sampling_ratio: sampling_ratio?,
             parent_based: d.parent_based,
@@ -91,6 +123,52 @@ impl Check<'_> {
             batch_size: batch_size?,
             batch_delay: batch_delay?,
             otlp: otlp?,
+        })
+    }
+
+    /// `propagators`: known names, each at most once; `[]` means none.
+    fn propagators(&mut self, list: &Spanned<Vec<Spanned<String>>>) -> Option<Vec<Propagator>> {
+        let items = list.get_ref().iter().enumerate();
+        let parsed: Vec<_> = items
+            .map(|(i, p)| {
+                let path = format!("tracing.propagators[{i}]");
+                let name = self.parse(path, p, |s| {
+                    value::one_of(s, PROPAGATORS).map(|_| s.to_owned())
+                });
+                (i, p, name)
+            })
+            .collect();
+        self.no_duplicates("tracing", "propagators", &parsed);
+        let ok = self.no_repeats(&parsed);
+        parsed
+            .iter()
+            .map(|(_, _, name)| value::one_of(name.as_deref()?, PROPAGATORS).ok())
+            .collect::<Option<Vec<_>>>()
+            .filter(|_| ok)
+    }
+
+    fn zipkin(&mut self, f: Option<&raw::Zipkin>, d: &ZipkinConfig) -> Option<ZipkinConfig> {
+        let Some(f) = f else {
+            return Some(d.clone());
+        };
+        let path = "tracing.zipkin";
+        let endpoint = self.or_default(
+            path,
+            "endpoint",
+            &f.endpoint,
+            d.endpoint.clone(),
+            value::collector_url,
+        );
+        let timeout = self.or_default(
+            path,
+            "timeout",
+            &f.timeout,
+            d.timeout,
+            value::positive_duration,
+        );
+        Some(ZipkinConfig {
+            endpoint: endpoint?,
+            timeout: timeout?,
         })
     }
 

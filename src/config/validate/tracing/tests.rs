@@ -188,8 +188,8 @@ batch_delay = "0s"
     assert_eq!(
         errors(&text),
         [
-            "tracing.exporter: invalid value \"jaeger\"; expected one of: otlp, stdout, none \
-             (line 17)",
+            "tracing.exporter: invalid value \"jaeger\"; expected one of: otlp, zipkin, stdout, \
+             none (line 17)",
             "tracing.sampling_ratio: must be between 0.0 and 1.0, got 1.5 (line 18)",
             "tracing.trace_id_header: invalid header name \"x trace\" (line 19)",
             "tracing.capture_request_headers[0]: \"authorization\" carries credentials and is \
@@ -267,7 +267,7 @@ fn structural_errors() {
         [
             "tracing.sample_rate: unknown key; expected one of: exporter, sampling_ratio, \
              traceresponse, trace_id_header, capture_request_headers, capture_response_headers, \
-             redact_query_keys, queue_size, batch_size, batch_delay, otlp (line 17)",
+             redact_query_keys, queue_size, batch_size, batch_delay, propagators, keep_errors, keep_slower_than, zipkin, otlp (line 17)",
             "tracing.traceresponse: invalid type: string \"yes\", expected a boolean (line 18)",
             "tracing.queue_size: invalid type: floating point `1.5`, expected i64 (line 19)",
             "tracing.otlp.endpiont: unknown key; expected one of: protocol, endpoint, headers, \
