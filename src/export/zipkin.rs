@@ -209,7 +209,8 @@ pub fn to_json(record: &SpanRecord, data: &SpanData, service: &str) -> Value {
                     .iter()
                     .map(|kv| (kv.key.to_string(), tag_value(&kv.value).into()))
                     .collect();
-                format!("{:?}:{}", e.name.as_ref(), Value::Object(attrs))
+                // `"name":{...}`, the name quoted as a JSON string.
+                format!("{}:{}", Value::from(e.name.as_ref()), Value::Object(attrs))
             };
             json!({ "timestamp": micros(e.timestamp), "value": value })
         })
