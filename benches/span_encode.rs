@@ -27,6 +27,7 @@ fn record(i: usize) -> SpanRecord {
         parent_span_id: Some(SpanId::random()),
         parent_is_remote: true,
         flags: TraceFlags(1),
+        debug: false,
         tracestate: None,
         start: SystemTime::now(),
         duration: Duration::from_micros(350 + i as u64),

@@ -268,6 +268,7 @@ async fn spans_follow_the_zipkin_v2_model_and_retries_are_accounted() {
     assert_eq!(client["remoteEndpoint"]["ipv4"], "127.0.0.1");
     assert_eq!(client["remoteEndpoint"]["port"], upstream.addr.port());
     assert!(server.get("shared").is_none());
+    assert!(server.get("debug").is_none());
     let tags = &server["tags"];
     assert_eq!(tags["http.request.method"], "GET");
     assert_eq!(tags["http.response.status_code"], "200");
@@ -317,7 +318,7 @@ async fn spans_follow_the_zipkin_v2_model_and_retries_are_accounted() {
     })
     .await;
     let req = Request::get(format!("http://{addr}/kept"))
-        .header("b3", format!("{T128}-{SPAN}-1"))
+        .header("b3", format!("{T128}-{SPAN}-d"))
         .body(full(""))
         .unwrap();
     body_string(http1_client().request(req).await.unwrap()).await;
@@ -328,5 +329,7 @@ async fn spans_follow_the_zipkin_v2_model_and_retries_are_accounted() {
     );
     let kept = spans[2..].iter().find(|s| s["kind"] == "SERVER").unwrap();
     assert_eq!(kept["tags"]["url.path"], "/kept");
+    // B3 debug maps to Zipkin's debug flag.
+    assert!(spans[2..].iter().all(|s| s["debug"] == true), "{spans:#?}");
     proxy.shutdown().await;
 }

@@ -357,6 +357,7 @@ mod tests {
             parent_span_id: None,
             parent_is_remote: false,
             flags: TraceFlags(1),
+            debug: false,
             tracestate: None,
             start: std::time::SystemTime::UNIX_EPOCH,
             duration: std::time::Duration::ZERO,

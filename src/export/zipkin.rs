@@ -8,6 +8,7 @@
 //! `localEndpoint` this service and the listener's address; `remoteEndpoint` the caller
 //! (SERVER) or the upstream endpoint (CLIENT); every attribute as a string tag (arrays as JSON
 //! arrays), `otel.status_code`/`error` for errors, `otel.scope.*`; span events as annotations.
+//! `debug` is set when the caller asked for debug sampling (B3 `d`, Jaeger flag 0x02).
 //! `shared` is never set: hoptrace gives every span its own id. Links have no Zipkin
 //! equivalent and are not sent.
 
@@ -173,6 +174,10 @@ pub fn to_json(record: &SpanRecord, data: &SpanData, service: &str) -> Value {
     span.insert("timestamp".into(), micros(record.start).into());
     let duration = u64::try_from(record.duration.as_micros()).unwrap_or(u64::MAX);
     span.insert("duration".into(), duration.max(1).into());
+    if record.debug {
+        // B3 / Jaeger debug: "store this span even if it overrides sampling policy".
+        span.insert("debug".into(), true.into());
+    }
     let (local, remote) = match record.kind {
         SpanKind::Server => (
             endpoint(
@@ -209,7 +214,8 @@ pub fn to_json(record: &SpanRecord, data: &SpanData, service: &str) -> Value {
                     .iter()
                     .map(|kv| (kv.key.to_string(), tag_value(&kv.value).into()))
                     .collect();
-                format!("{:?}:{}", e.name.as_ref(), Value::Object(attrs))
+                // `"name":{...}`, the name quoted as a JSON string.
+                format!("{}:{}", Value::from(e.name.as_ref()), Value::Object(attrs))
             };
             json!({ "timestamp": micros(e.timestamp), "value": value })
         })

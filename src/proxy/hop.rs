@@ -166,6 +166,7 @@ impl Hop {
                     parent_span_id: remote.and_then(|r| r.span_id),
                     parent_is_remote: remote.is_some_and(|r| r.span_id.is_some()),
                     flags,
+                    debug,
                     tracestate: tracestate.clone(),
                     start: wall,
                     duration: std::time::Duration::ZERO,

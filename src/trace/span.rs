@@ -35,6 +35,8 @@ pub struct SpanRecord {
     /// The parent came from another process (a `traceparent` header), not this one.
     pub parent_is_remote: bool,
     pub flags: TraceFlags,
+    /// The caller asked for debug sampling (B3 `d` / `x-b3-flags: 1`, Jaeger flag 0x02).
+    pub debug: bool,
     pub tracestate: Option<HeaderValue>,
     /// Wall-clock start, read once per request; `duration` comes from the monotonic clock.
     pub start: SystemTime,
