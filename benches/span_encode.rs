@@ -48,6 +48,8 @@ fn record(i: usize) -> SpanRecord {
         request_headers: Vec::new(),
         response_headers: Vec::new(),
         redact_query_keys: vec!["token".to_string()].into(),
+        attributes: Vec::new(),
+        links: Vec::new(),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod export;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod stitch;
 pub mod trace;
 
 /// Resolves once `stop` holds `true` (or its sender is gone). The guard `wait_for` returns is

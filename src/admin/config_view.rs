@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{
     Balance, Compression, Config, ExporterKind, HostMatch, ListenerConfig, OtlpConfig,
-    OtlpProtocol, Protocol, Role, RouteConfig, TracingConfig, UpstreamConfig,
+    OtlpProtocol, Protocol, Role, RouteConfig, StitchingConfig, TracingConfig, UpstreamConfig,
 };
 use crate::reload::ReloadStatus;
 
@@ -50,6 +50,20 @@ pub fn view(config: &Config) -> Value {
         "routes": config.routes.iter().map(route).collect::<Vec<_>>(),
         "upstreams": upstreams,
         "tracing": tracing(&config.tracing),
+        "stitching": stitching(&config.stitching),
+    })
+}
+
+fn stitching(s: &StitchingConfig) -> Value {
+    json!({
+        "enabled": s.enabled,
+        "min_confidence": s.min_confidence,
+        "max_candidates": s.max_candidates,
+        "max_inflight": s.max_inflight,
+        "max_models": s.max_models,
+        "linger": duration(s.linger),
+        "content_headers": names(&s.content_headers),
+        "report_interval": duration(s.report_interval),
     })
 }
 

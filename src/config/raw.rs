@@ -109,6 +109,19 @@ pub(super) struct Upstream {
     pub failure_backoff: Option<Spanned<String>>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Stitching {
+    pub enabled: Option<Spanned<bool>>,
+    pub min_confidence: Option<Spanned<f64>>,
+    pub max_candidates: Option<Spanned<i64>>,
+    pub max_inflight: Option<Spanned<i64>>,
+    pub max_models: Option<Spanned<i64>>,
+    pub linger: Option<Spanned<String>>,
+    pub content_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub report_interval: Option<Spanned<String>>,
+}
+
 /// `[upstreams.NAME]`: the name, and the table unless it was not a table at all.
 pub(super) type NamedUpstream = (Spanned<String>, Option<Table<Upstream>>);
 
@@ -122,6 +135,7 @@ const SECTIONS: &[&str] = &[
     "routes",
     "upstreams",
     "tracing",
+    "stitching",
 ];
 
 /// One TOML table read into its raw struct.
@@ -154,6 +168,7 @@ pub(super) struct Document {
     pub tracing: Option<Table<Tracing>>,
     /// `[tracing.otlp]`, read apart from `[tracing]` so its errors name `tracing.otlp.KEY`.
     pub otlp: Option<Table<Otlp>>,
+    pub stitching: Option<Table<Stitching>>,
     /// Top-level keys whose value was rejected (e.g. `service = 1`).
     pub rejected: Vec<String>,
 }
@@ -220,6 +235,7 @@ impl Reader<'_, '_> {
                 "routes" => self.array(name, value).map(|v| doc.routes = v),
                 "upstreams" => self.upstreams(value).map(|v| doc.upstreams = v),
                 "tracing" => self.tracing(value, &mut doc),
+                "stitching" => self.table(name, value).map(|t| doc.stitching = Some(t)),
                 _ => {
                     self.unknown_key(key_segment(name), key.span().start, SECTIONS);
                     Some(())

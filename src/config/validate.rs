@@ -3,6 +3,7 @@
 //! Every problem is collected; a `Config` is returned only if there are none.
 
 mod route;
+mod stitching;
 #[cfg(test)]
 mod tests;
 pub(super) mod tracing;
@@ -179,6 +180,7 @@ impl Check<'_> {
 
         let routes = self.routes(doc);
         let tracing = self.tracing(doc);
+        let stitching = self.stitching(doc);
 
         Some(Config {
             service: ServiceConfig {
@@ -201,6 +203,7 @@ impl Check<'_> {
                 .map(|(name, u)| Some((name, u?)))
                 .collect::<Option<_>>()?,
             tracing: tracing?,
+            stitching: stitching?,
         })
     }
 

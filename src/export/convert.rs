@@ -4,13 +4,13 @@
 use std::borrow::Cow;
 
 use opentelemetry::trace::{
-    SpanContext, SpanId as OtelSpanId, SpanKind as OtelKind, Status, TraceFlags as OtelFlags,
+    Link, SpanContext, SpanId as OtelSpanId, SpanKind as OtelKind, Status, TraceFlags as OtelFlags,
     TraceId as OtelTraceId, TraceState as OtelTraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
-use crate::trace::span::{SpanKind, SpanRecord};
+use crate::trace::span::{Attribute, AttributeValue, SpanKind, SpanRecord};
 
 pub fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("hoptrace")
@@ -68,10 +68,40 @@ pub fn to_span_data(span: &SpanRecord, scope: &InstrumentationScope) -> SpanData
         attributes: attributes(span),
         dropped_attributes_count: 0,
         events,
-        links: SpanLinks::default(),
+        links: links(span),
         status: status(span),
         instrumentation_scope: scope.clone(),
     }
+}
+
+fn links(span: &SpanRecord) -> SpanLinks {
+    let mut out = SpanLinks::default();
+    out.links = span
+        .links
+        .iter()
+        .map(|link| {
+            let context = SpanContext::new(
+                OtelTraceId::from_bytes(link.trace_id.0),
+                OtelSpanId::from_bytes(link.span_id.0),
+                OtelFlags::new(link.flags.0),
+                false,
+                OtelTraceState::default(),
+            );
+            Link::new(context, extra_attributes(&link.attributes), 0)
+        })
+        .collect();
+    out
+}
+
+fn extra_attributes(attributes: &[Attribute]) -> Vec<KeyValue> {
+    attributes
+        .iter()
+        .map(|a| match a.value {
+            AttributeValue::Bool(b) => KeyValue::new(a.key, b),
+            AttributeValue::F64(f) => KeyValue::new(a.key, f),
+            AttributeValue::Str(s) => KeyValue::new(a.key, s),
+        })
+        .collect()
 }
 
 /// Semantic conventions: 5xx is an error on both kinds, 4xx only on CLIENT spans (for a
@@ -188,6 +218,7 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
     ));
     header_attributes(&mut attrs, "http.request.header.", &span.request_headers);
     header_attributes(&mut attrs, "http.response.header.", &span.response_headers);
+    attrs.extend(extra_attributes(&span.attributes));
     attrs
 }
 
@@ -291,6 +322,8 @@ mod tests {
             request_headers: Vec::new(),
             response_headers: Vec::new(),
             redact_query_keys: vec!["api_key".to_string()].into(),
+            attributes: Vec::new(),
+            links: Vec::new(),
         };
         let attrs = attributes(&span);
         let get = |k: &str| {

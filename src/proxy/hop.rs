@@ -24,6 +24,7 @@ use super::route::Route;
 use super::snapshot::{RouteTarget, Snapshot};
 use crate::config::{Config, Role};
 use crate::export::SpanSink;
+use crate::stitch::{Inferred, Source, Tracked};
 use crate::trace::context::{SpanId, TraceFlags, TraceId, TraceParent, extract};
 use crate::trace::sampler::Sampler;
 use crate::trace::span::{ConnectionAcquired, SpanKind, SpanRecord};
@@ -42,6 +43,8 @@ pub struct Hop {
     client_id: Option<SpanId>,
     config: Arc<Config>,
     recording: Option<Box<Recording>>,
+    /// Stitching: this inbound request in the registry, or the call attributed to one.
+    tracked: Option<Tracked>,
 }
 
 /// Only for sampled requests with an enabled sink.
@@ -55,6 +58,8 @@ struct Recording {
     client: Option<SpanRecord>,
     client_started: Option<Instant>,
     capture: Option<CaptureConnection>,
+    /// Outbound: the parent was inferred (or candidates linked) by stitching.
+    inferred: Option<Inferred>,
 }
 
 /// How the response ended, for the spans' status.
@@ -94,7 +99,25 @@ impl Hop {
             None => (None, None),
         };
         let tracing = &snapshot.config.tracing;
-        let extracted = extract(req.headers());
+        let mut extracted = extract(req.headers());
+        // Outbound: a call without context may get its parent from the inbound request
+        // that caused it (stitching); decided now, before anything is injected.
+        let stitched = (role == Role::Outbound).then(|| {
+            ctx.stitch.outbound(
+                &snapshot.config.stitching,
+                template.as_ref(),
+                req.uri(),
+                req.headers(),
+                extracted.parent,
+                started,
+            )
+        });
+        let inferred_parent = stitched
+            .as_ref()
+            .is_some_and(|s| s.source != Some(Source::Forwarded) && s.parent.is_some());
+        if let Some(parent) = stitched.as_ref().and_then(|s| s.parent) {
+            extracted.parent = Some(parent);
+        }
         let trace_id = extracted
             .parent
             .map_or_else(TraceId::random, |p| p.trace_id);
@@ -107,9 +130,29 @@ impl Hop {
         let tracestate = extracted
             .parent
             .and(extracted.tracestate)
+            .filter(|_| !inferred_parent)
             .map(|ts| ts.header_value().clone());
         let server_id = (role != Role::Outbound).then(SpanId::random);
         let client_id = (role != Role::Inbound).then(SpanId::random);
+        let (mut tracked, inferred) = match stitched {
+            Some(s) => (s.tracked, s.inferred),
+            None => (None, None),
+        };
+        if let (Role::Inbound, Some(parent_id)) = (role, server_id) {
+            let injected = TraceParent {
+                trace_id,
+                parent_id,
+                flags,
+            };
+            tracked = ctx.stitch.inbound(
+                &snapshot.config.stitching,
+                template.as_ref(),
+                req.uri(),
+                req.headers(),
+                injected,
+                started,
+            );
+        }
 
         let recording = (flags.is_sampled() && sink.is_enabled()).then(|| {
             let headers = req.headers();
@@ -122,7 +165,8 @@ impl Hop {
                     trace_id,
                     span_id: server_id.or(client_id).unwrap_or_else(SpanId::random),
                     parent_span_id: extracted.parent.map(|p| p.parent_id),
-                    parent_is_remote: extracted.parent.is_some(),
+                    // An inferred parent is this process's own SERVER span.
+                    parent_is_remote: extracted.parent.is_some() && !inferred_parent,
                     flags,
                     tracestate: tracestate.clone(),
                     start: wall,
@@ -145,13 +189,22 @@ impl Hop {
                     request_headers: captured,
                     response_headers: Vec::new(),
                     redact_query_keys: snapshot.redact_query_keys.clone(),
+                    attributes: Vec::new(),
+                    links: Vec::new(),
                 },
                 has_server: role != Role::Outbound,
                 client: None,
                 client_started: None,
                 capture: None,
+                inferred: None,
             })
         });
+        let mut recording = recording;
+        if let (Some(rec), Some(inferred)) = (recording.as_mut(), inferred) {
+            // The CLIENT spans are cloned from `base`.
+            inferred.annotate(&mut rec.base);
+            rec.inferred = Some(inferred);
+        }
         Some(Hop {
             trace_id,
             flags,
@@ -160,7 +213,13 @@ impl Hop {
             client_id,
             config: snapshot.config.clone(),
             recording,
+            tracked,
         })
+    }
+
+    /// The stitching registration, to be held until the response ends.
+    pub fn take_tracked(&mut self) -> Option<Tracked> {
+        self.tracked.take()
     }
 
     /// The span the upstream's `traceparent` names as its parent.
@@ -326,6 +385,7 @@ impl SpanFinish {
             has_server,
             client,
             client_started,
+            inferred,
             ..
         } = *self.recording;
         let now = Instant::now();
@@ -338,6 +398,9 @@ impl SpanFinish {
             client.duration = now.duration_since(client_started.unwrap_or(started));
             if client.error_type.is_none() {
                 client.error_type = error;
+            }
+            if let Some(inferred) = &inferred {
+                inferred.check_contained(&mut client);
             }
             sink.try_send(client);
         }

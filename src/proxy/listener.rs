@@ -31,6 +31,9 @@ pub struct ListenerCtx {
     pub sink: SpanSink,
     /// Open client connections on this listener.
     pub open_connections: prometheus_client::metrics::gauge::Gauge,
+    /// The process's in-flight registry: inbound listeners fill it, outbound ones ask it
+    /// for the parent of a call without trace context.
+    pub stitch: Arc<crate::stitch::Stitcher>,
 }
 
 /// The connection a request arrived on.

@@ -67,6 +67,33 @@ pub struct SpanRecord {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// Query keys whose values are replaced by `REDACTED` when exported.
     pub redact_query_keys: Arc<[String]>,
+    /// Attributes beyond the HTTP ones (`hoptrace.parent.*` of an inferred parent).
+    pub attributes: Vec<Attribute>,
+    /// Spans this one is related to without being their child (candidate parents).
+    pub links: Vec<SpanLink>,
+}
+
+/// An attribute with a fixed key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attribute {
+    pub key: &'static str,
+    pub value: AttributeValue,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttributeValue {
+    Bool(bool),
+    F64(f64),
+    Str(&'static str),
+}
+
+/// A link to another span (OpenTelemetry span link), with its own attributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanLink {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub flags: TraceFlags,
+    pub attributes: Vec<Attribute>,
 }
 
 impl SpanRecord {
