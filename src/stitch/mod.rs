@@ -255,7 +255,10 @@ impl Stitcher {
             self.count(source);
             if source != Source::Forwarded {
                 self.report.record(
-                    resolution.inferred.as_ref().and_then(|i| i.parent_route.clone()),
+                    resolution
+                        .inferred
+                        .as_ref()
+                        .and_then(|i| i.parent_route.clone()),
                     route.cloned(),
                 );
             }
@@ -311,8 +314,8 @@ impl Stitcher {
         let any_in_flight = candidates
             .iter()
             .any(|&i| registry.entry(i).is_some_and(|e| e.ended.is_none()));
-        // An answered request is a candidate only if its route makes calls after answering
-        // (or nothing is in flight and its route is not learned yet).
+        // The request answered last is a candidate only if its route makes calls after
+        // answering (or its route is not learned yet and nothing is in flight).
         candidates.retain(|&i| match registry.entry(i) {
             Some(e) if e.ended.is_some() => model
                 .calls_after_answering(e, dest)

@@ -240,7 +240,9 @@ impl Model {
         let chance = call
             .shared(parent)
             .map(|t| self.frequency(t))
-            .fold(None, |min: Option<f32>, f| Some(min.map_or(f, |m| m.min(f))));
+            .fold(None, |min: Option<f32>, f| {
+                Some(min.map_or(f, |m| m.min(f)))
+            });
         match chance {
             Some(chance) => (p / chance.max(1e-4)).clamp(1.0 - p, 1000.0),
             None => 1.0 - p,

@@ -168,16 +168,25 @@ impl Registry {
         });
     }
 
-    /// Indices of candidates, newest first: requests in flight, then answered ones.
+    /// Indices of candidates: requests in flight, newest first, then the one answered last
+    /// (a call made after responding follows its response at once, so older answered
+    /// requests have made theirs already).
     pub fn candidates(&self, max: usize, out: &mut Vec<usize>) {
         out.clear();
-        let newest_first = (0..self.entries.len()).rev();
-        let in_flight = newest_first
-            .clone()
+        let in_flight = (0..self.entries.len())
+            .rev()
             .filter(|&i| self.entries.get(i).is_some_and(|e| e.ended.is_none()));
-        let answered =
-            newest_first.filter(|&i| self.entries.get(i).is_some_and(|e| e.ended.is_some()));
-        out.extend(in_flight.chain(answered).take(max));
+        out.extend(in_flight.take(max));
+        let answered_last = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((i, e.ended?)))
+            .max_by_key(|&(_, ended)| ended)
+            .map(|(i, _)| i);
+        if let Some(i) = answered_last.filter(|_| out.len() < max) {
+            out.push(i);
+        }
     }
 
     pub fn entry(&self, index: usize) -> Option<&Entry> {

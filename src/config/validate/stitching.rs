@@ -47,8 +47,13 @@ impl Check<'_> {
             d.max_inflight,
             (1, 1 << 20),
         );
-        let max_models =
-            self.int_or_default(path, "max_models", &f.max_models, d.max_models, (1, 1 << 16));
+        let max_models = self.int_or_default(
+            path,
+            "max_models",
+            &f.max_models,
+            d.max_models,
+            (1, 1 << 16),
+        );
         let linger = self.or_default(path, "linger", &f.linger, d.linger, value::duration);
         let report_interval = self.or_default(
             path,
@@ -136,7 +141,10 @@ role = "inbound"
             "stitching.colour: unknown key",
             "(line 13)",
         ] {
-            assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in:\n{errors}"
+            );
         }
     }
 }
