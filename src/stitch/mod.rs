@@ -335,6 +335,20 @@ impl Stitcher {
                 score(&mut registry, &model, config, call, &candidates)
             };
         };
+        // The only candidate is the parent, unless its route's learned model finds the call
+        // unlikely for it (a background call while one request is in flight): then it is
+        // scored like any other, against "none of them", and linked if not sure.
+        let Some(entry) = registry.entry(*only) else {
+            return Decision::default();
+        };
+        let confidence = if model.is_learned(entry) {
+            posterior(&model, call, entry)
+        } else {
+            1.0
+        };
+        if confidence < config.min_confidence {
+            return score(&mut registry, &model, config, call, &candidates);
+        }
         let Some(entry) = registry.entry_mut(*only) else {
             return Decision::default();
         };
@@ -345,7 +359,7 @@ impl Stitcher {
             source: Some(Source::Single),
             inferred: Some(Choice {
                 source: Source::Single,
-                confidence: 1.0,
+                confidence,
                 parent: Some(entry.id()),
                 parent_route: entry.route_name.clone(),
                 links: Vec::new(),
@@ -387,6 +401,14 @@ fn example(entry: &Entry, call: &CallEvidence) -> Example {
         gap: entry.gap(call.at),
         shared: call.tokens.shared(entry.tokens()).next().is_some(),
     }
+}
+
+/// One candidate's posterior against "none of them".
+fn posterior(model: &Model, call: &CallEvidence, entry: &Entry) -> f64 {
+    let background = f64::from(model.background(call.dest));
+    let l = f64::from(model.likelihood(entry, call.dest, &call.tokens, entry.gap(call.at)));
+    let w = (1.0 - background) * l;
+    w / (w + background)
 }
 
 /// Tier 3: each candidate's posterior, against "none of them" (background calls).

@@ -183,6 +183,13 @@ impl Model {
         (alone + 0.5) / (calls + 10.0)
     }
 
+    /// Whether `entry`'s route has seen enough requests for its model to speak.
+    pub fn is_learned(&self, entry: &Entry) -> bool {
+        self.routes
+            .get(&entry.evidence.route)
+            .is_some_and(|r| r.requests >= MIN_EXAMPLES)
+    }
+
     /// Whether an answered request is worth scoring for a call to `dest`.
     pub fn calls_after_answering(&self, entry: &Entry, dest: u64) -> Option<bool> {
         let route = self.routes.get(&entry.evidence.route)?;
@@ -331,6 +338,7 @@ fn ratio(h: &Hist, gap: Duration) -> f32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

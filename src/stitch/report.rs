@@ -107,6 +107,7 @@ pub async fn run(stitcher: Arc<Stitcher>, shared: Arc<Shared>, mut stop: watch::
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

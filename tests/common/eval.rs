@@ -91,6 +91,8 @@ struct App {
     truth: Truth,
     opts: Options,
     rng: Mutex<fastrand::Rng>,
+    /// Nonces only, so that shuffling them changes nothing else (delays stay the same).
+    nonces: Mutex<fastrand::Rng>,
     /// Fire-and-forget calls finished.
     after_done: AtomicUsize,
 }
@@ -98,7 +100,7 @@ struct App {
 impl App {
     fn nonce(&self, parent: &str, i: usize) -> String {
         if self.opts.shuffle_nonces {
-            format!("{:016x}", self.rng.lock().unwrap().u64(..))
+            format!("{:016x}", self.nonces.lock().unwrap().u64(..))
         } else {
             format!("{parent}.{}{i}", self.name)
         }
@@ -108,7 +110,7 @@ impl App {
     async fn call(&self, path: String, parent: Option<&str>, i: usize, traceparent: Option<&str>) {
         let nonce = match parent {
             Some(p) => self.nonce(p, i),
-            None => format!("{:016x}", self.rng.lock().unwrap().u64(..)),
+            None => format!("{:016x}", self.nonces.lock().unwrap().u64(..)),
         };
         self.truth
             .lock()
@@ -327,6 +329,7 @@ impl System {
                 truth: truth.clone(),
                 opts: opts.clone(),
                 rng: Mutex::new(fastrand::Rng::with_seed(opts.seed * 10 + i as u64)),
+                nonces: Mutex::new(fastrand::Rng::with_seed(opts.seed * 10 + 100 + i as u64)),
                 after_done: AtomicUsize::new(0),
             });
             let handler_app = app.clone();
