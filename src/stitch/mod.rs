@@ -314,12 +314,13 @@ impl Stitcher {
         let any_in_flight = candidates
             .iter()
             .any(|&i| registry.entry(i).is_some_and(|e| e.ended.is_none()));
-        // The request answered last is a candidate only if its route makes calls after
-        // answering (or its route is not learned yet and nothing is in flight).
+        // The request answered last is a candidate when nothing is in flight, or when its
+        // route makes calls after answering (such calls often start before the answer is
+        // seen, and are then learned as made during the request: hence not required alone).
         candidates.retain(|&i| match registry.entry(i) {
-            Some(e) if e.ended.is_some() => model
-                .calls_after_answering(e, dest)
-                .unwrap_or(!any_in_flight),
+            Some(e) if e.ended.is_some() => {
+                !any_in_flight || model.calls_after_answering(e, dest) == Some(true)
+            }
             Some(_) => true,
             None => false,
         });
