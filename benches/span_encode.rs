@@ -49,8 +49,9 @@ fn record(i: usize) -> SpanRecord {
         request_headers: Vec::new(),
         response_headers: Vec::new(),
         redact_query_keys: vec!["token".to_string()].into(),
-        links: Vec::new(),
         kept_reason: None,
+        attributes: Vec::new(),
+        links: Vec::new(),
     }
 }
 

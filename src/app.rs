@@ -21,6 +21,7 @@ use crate::export::{ExportTask, SpanSink};
 use crate::metrics::{Metrics, Scraped, ScrapedKind};
 use crate::proxy::{self, ListenerCtx, Shared, Snapshot};
 use crate::reload::{Reloader, Trigger};
+use crate::stitch::Stitcher;
 use crate::tls::{Acceptor, ServerCerts};
 
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +189,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let (sink, export) =
         crate::export::spawn(&config, recent.clone(), metrics.export_batch_duration())?;
     let reloader_slot: Arc<OnceLock<Arc<Reloader>>> = Arc::default();
+    let stitch = Arc::new(Stitcher::new());
     metrics.register_scraped(scraped(sink.clone(), shared.clone(), reloader_slot.clone()));
+    metrics.register_scraped(stitch_scraped(stitch.clone()));
     let metrics = Arc::new(metrics);
 
     // Admin first: orchestrators see /ready answer 503 until every listener is bound.
@@ -255,6 +258,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
                 &listener.name,
                 &crate::trace::propagation::Format::ALL.map(|f| f.name()),
             ),
+            stitch: stitch.clone(),
         });
         let listener = listener.clone();
         let stop_rx = stop_rx.clone();
@@ -262,6 +266,13 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             proxy::serve(socket, ctx, &listener, tls, stop_rx, grace).await
         }));
     }
+
+    // The log line naming routes whose app forwards no trace context.
+    tasks.push(tokio::spawn(crate::stitch::report::run(
+        stitch.clone(),
+        shared.clone(),
+        stop_rx.clone(),
+    )));
 
     admin.set_ready(true);
 
@@ -388,6 +399,42 @@ fn scraped(
                 value: last,
             });
         }
+        values
+    }
+}
+
+/// Stitching's values: outbound calls by where their parent came from, and the registry.
+fn stitch_scraped(stitch: Arc<Stitcher>) -> impl Fn() -> Vec<Scraped> + Send + Sync + 'static {
+    move || {
+        let mut values: Vec<Scraped> = stitch
+            .counts()
+            .into_iter()
+            .map(|(source, n)| Scraped {
+                name: "outbound_context",
+                help: "Outbound calls by where their trace context came from: forwarded by \
+                       the app, or inferred (single, model), linked, none",
+                kind: ScrapedKind::Counter,
+                unit: None,
+                labels: vec![("source", source.label().to_string())],
+                value: n as f64,
+            })
+            .collect();
+        values.push(Scraped {
+            name: "stitch_untracked",
+            help: "Inbound requests not tracked for stitching because max_inflight were",
+            kind: ScrapedKind::Counter,
+            unit: None,
+            labels: vec![],
+            value: stitch.untracked() as f64,
+        });
+        values.push(Scraped {
+            name: "stitch_tracked",
+            help: "Inbound requests tracked for stitching (in flight or lingering)",
+            kind: ScrapedKind::Gauge,
+            unit: None,
+            labels: vec![],
+            value: stitch.tracked() as f64,
+        });
         values
     }
 }

@@ -8,6 +8,7 @@ pub mod export;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod stitch;
 pub mod tls;
 pub mod trace;
 

@@ -260,6 +260,7 @@ pub fn static_changes(old: &Config, new: &Config) -> Vec<String> {
     check("tracing.queue_size", a.queue_size != b.queue_size);
     check("tracing.batch_size", a.batch_size != b.batch_size);
     check("tracing.batch_delay", a.batch_delay != b.batch_delay);
+    // `[stitching]` is read per request (and per report), so every key is reloadable.
     fields
 }
 

@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{
     Balance, ClientAuth, Compression, Config, ExporterKind, HostMatch, ListenerConfig, ListenerTls,
-    OtlpConfig, OtlpProtocol, PemFile, Propagator, Protocol, Role, RouteConfig, TraceIncoming,
-    TracingConfig, UpstreamConfig, UpstreamTls,
+    OtlpConfig, OtlpProtocol, PemFile, Propagator, Protocol, Role, RouteConfig, StitchingConfig,
+    TraceIncoming, TracingConfig, UpstreamConfig, UpstreamTls,
 };
 use crate::reload::ReloadStatus;
 
@@ -54,6 +54,20 @@ pub fn view(config: &Config) -> Value {
         "routes": config.routes.iter().map(route).collect::<Vec<_>>(),
         "upstreams": upstreams,
         "tracing": tracing(&config.tracing),
+        "stitching": stitching(&config.stitching),
+    })
+}
+
+fn stitching(s: &StitchingConfig) -> Value {
+    json!({
+        "enabled": s.enabled,
+        "min_confidence": s.min_confidence,
+        "max_candidates": s.max_candidates,
+        "max_inflight": s.max_inflight,
+        "max_models": s.max_models,
+        "linger": duration(s.linger),
+        "content_headers": names(&s.content_headers),
+        "report_interval": duration(s.report_interval),
     })
 }
 

@@ -35,6 +35,7 @@ pub struct Config {
     /// Upstreams by name; every route's `upstream` names one of them.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub tracing: TracingConfig,
+    pub stitching: StitchingConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -343,6 +344,45 @@ pub const DEFAULT_REDACT_QUERY_KEYS: &[&str] = &[
     "password",
     "secret",
 ];
+
+/// `[stitching]`: attributing outbound calls that carry no trace context to the inbound
+/// request that caused them (see `crate::stitch`). Every key is reloadable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StitchingConfig {
+    /// Default true: without it, an app that forwards no header gets one trace per hop.
+    pub enabled: bool,
+    /// A learned match at or above this confidence becomes the parent; below, span links.
+    pub min_confidence: f64,
+    /// Most candidates scored per outbound call (newest first), 1-64.
+    pub max_candidates: usize,
+    /// Most inbound requests tracked at once; beyond, new ones are not tracked (counted).
+    pub max_inflight: usize,
+    /// Most inbound routes with a learned model (least recently used evicted).
+    pub max_models: usize,
+    /// How long an answered inbound request stays a candidate for calls made after it
+    /// responded.
+    pub linger: Duration,
+    /// Request headers whose values are content evidence (hashed), lowercase.
+    pub content_headers: Vec<http::HeaderName>,
+    /// How often the log line naming routes whose app forwards no context is written;
+    /// zero: never.
+    pub report_interval: Duration,
+}
+
+impl Default for StitchingConfig {
+    fn default() -> Self {
+        StitchingConfig {
+            enabled: true,
+            min_confidence: 0.9,
+            max_candidates: 64,
+            max_inflight: 4096,
+            max_models: 1024,
+            linger: Duration::from_millis(50),
+            content_headers: Vec::new(),
+            report_interval: Duration::from_secs(60),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {

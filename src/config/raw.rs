@@ -169,6 +169,19 @@ pub(super) type NamedUpstream = (
 /// `[[listeners]]` element: the table, and its `tls` table if it has one.
 pub(super) type ListenerTables = (Option<Table<Listener>>, Option<Table<ListenerTls>>);
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Stitching {
+    pub enabled: Option<Spanned<bool>>,
+    pub min_confidence: Option<Spanned<f64>>,
+    pub max_candidates: Option<Spanned<i64>>,
+    pub max_inflight: Option<Spanned<i64>>,
+    pub max_models: Option<Spanned<i64>>,
+    pub linger: Option<Spanned<String>>,
+    pub content_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub report_interval: Option<Spanned<String>>,
+}
+
 /// Top-level keys, in the order the docs present them.
 const SECTIONS: &[&str] = &[
     "service",
@@ -179,6 +192,7 @@ const SECTIONS: &[&str] = &[
     "routes",
     "upstreams",
     "tracing",
+    "stitching",
 ];
 
 /// One TOML table read into its raw struct.
@@ -213,6 +227,7 @@ pub(super) struct Document {
     pub otlp: Option<Table<Otlp>>,
     /// `[tracing.zipkin]`, read the same way.
     pub zipkin: Option<Table<Zipkin>>,
+    pub stitching: Option<Table<Stitching>>,
     /// Top-level keys whose value was rejected (e.g. `service = 1`).
     pub rejected: Vec<String>,
 }
@@ -279,6 +294,7 @@ impl Reader<'_, '_> {
                 "routes" => self.array(name, value).map(|v| doc.routes = v),
                 "upstreams" => self.upstreams(value).map(|v| doc.upstreams = v),
                 "tracing" => self.tracing(value, &mut doc),
+                "stitching" => self.table(name, value).map(|t| doc.stitching = Some(t)),
                 _ => {
                     self.unknown_key(key_segment(name), key.span().start, SECTIONS);
                     Some(())

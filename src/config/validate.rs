@@ -3,6 +3,7 @@
 //! Every problem is collected; a `Config` is returned only if there are none.
 
 mod route;
+mod stitching;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -212,6 +213,7 @@ impl Check<'_> {
 
         let routes = self.routes(doc);
         let tracing = self.tracing(doc);
+        let stitching = self.stitching(doc);
 
         Some(Config {
             service: ServiceConfig {
@@ -237,6 +239,7 @@ impl Check<'_> {
                 .map(|(name, u)| Some((name, u?)))
                 .collect::<Option<_>>()?,
             tracing: tracing?,
+            stitching: stitching?,
         })
     }
 

@@ -4,13 +4,13 @@
 use std::borrow::Cow;
 
 use opentelemetry::trace::{
-    SpanContext, SpanId as OtelSpanId, SpanKind as OtelKind, Status, TraceFlags as OtelFlags,
+    Link, SpanContext, SpanId as OtelSpanId, SpanKind as OtelKind, Status, TraceFlags as OtelFlags,
     TraceId as OtelTraceId, TraceState as OtelTraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
-use crate::trace::span::{SpanKind, SpanRecord};
+use crate::trace::span::{Attribute, AttributeValue, SpanKind, SpanRecord};
 
 pub fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("hoptrace")
@@ -87,19 +87,25 @@ fn links(span: &SpanRecord) -> SpanLinks {
             OtelTraceId::from_bytes(link.trace_id.0),
             OtelSpanId::from_bytes(link.span_id.0),
             OtelFlags::new(link.flags.0),
-            true,
+            link.remote,
             trace_state,
         );
-        let attributes = link
-            .attributes
-            .iter()
-            .map(|(k, v)| KeyValue::new(*k, *v))
-            .collect();
         links
             .links
-            .push(opentelemetry::trace::Link::new(context, attributes, 0));
+            .push(Link::new(context, extra_attributes(&link.attributes), 0));
     }
     links
+}
+
+fn extra_attributes(attributes: &[Attribute]) -> Vec<KeyValue> {
+    attributes
+        .iter()
+        .map(|a| match a.value {
+            AttributeValue::Bool(b) => KeyValue::new(a.key, b),
+            AttributeValue::F64(f) => KeyValue::new(a.key, f),
+            AttributeValue::Str(s) => KeyValue::new(a.key, s),
+        })
+        .collect()
 }
 
 /// Semantic conventions: 5xx is an error on both kinds, 4xx only on CLIENT spans (for a
@@ -221,6 +227,7 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
     ));
     header_attributes(&mut attrs, "http.request.header.", &span.request_headers);
     header_attributes(&mut attrs, "http.response.header.", &span.response_headers);
+    attrs.extend(extra_attributes(&span.attributes));
     attrs
 }
 
@@ -324,7 +331,11 @@ mod tests {
             span_id: SpanId([4; 8]),
             flags: TraceFlags(1),
             tracestate: Some(http::HeaderValue::from_static("k=v")),
-            attributes: vec![("hoptrace.link.reason", "restart")],
+            remote: true,
+            attributes: vec![crate::trace::span::Attribute {
+                key: "hoptrace.link.reason",
+                value: crate::trace::span::AttributeValue::Str("restart"),
+            }],
         });
         let data = to_span_data(&span, &scope());
         assert!(
@@ -381,8 +392,9 @@ mod tests {
             request_headers: Vec::new(),
             response_headers: Vec::new(),
             redact_query_keys: vec!["api_key".to_string()].into(),
-            links: Vec::new(),
             kept_reason: None,
+            attributes: Vec::new(),
+            links: Vec::new(),
         }
     }
 

@@ -20,6 +20,7 @@ use tracing::info;
 use super::hop::{Outcome, SpanFinish};
 use super::upstream::InFlight;
 use crate::metrics::RouteMetrics;
+use crate::stitch::Tracked;
 use crate::trace::context::{SpanId, TraceId};
 
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub struct ResponseBody {
     spans: Option<Box<SpanFinish>>,
     /// Metrics and access log, recorded at the same moment.
     done: Option<RequestDone>,
+    /// Stitching: the inbound request stays "in flight" (or the call open) until this ends.
+    tracked: Option<Tracked>,
     bytes: u64,
 }
 
@@ -107,6 +110,7 @@ impl ResponseBody {
             },
             spans: None,
             done: None,
+            tracked: None,
             bytes: 0,
         }
     }
@@ -116,6 +120,7 @@ impl ResponseBody {
             inner: Inner::Local(Some(Bytes::from_static(text.as_bytes()))),
             spans: None,
             done: None,
+            tracked: None,
             bytes: 0,
         }
     }
@@ -125,6 +130,7 @@ impl ResponseBody {
             inner: Inner::Local(None),
             spans: None,
             done: None,
+            tracked: None,
             bytes: 0,
         }
     }
@@ -132,6 +138,11 @@ impl ResponseBody {
     /// The spans end when this body does.
     pub fn finish_spans_with(&mut self, spans: SpanFinish) {
         self.spans = Some(Box::new(spans));
+    }
+
+    /// Tells stitching when the response ends.
+    pub fn track_until_done(&mut self, tracked: Tracked) {
+        self.tracked = Some(tracked);
     }
 
     /// Metrics and the access log line when the response ends.
@@ -146,12 +157,14 @@ impl ResponseBody {
         if let Some(done) = self.done.take() {
             done.finish(outcome, self.bytes);
         }
+        // Stitching: the inbound request is answered, or the attributed call has ended.
+        drop(self.tracked.take());
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if self.spans.is_some() || self.done.is_some() {
+        if self.spans.is_some() || self.done.is_some() || self.tracked.is_some() {
             // hyper drops a body it never needed to poll (empty, HEAD): that is complete.
             let outcome = if self.is_end_stream() {
                 Outcome::Complete

@@ -116,6 +116,9 @@ pub async fn handle(
         access,
     };
     response.body_mut().record_when_done(done);
+    if let Some(tracked) = hop.as_mut().and_then(Hop::take_tracked) {
+        response.body_mut().track_until_done(tracked);
+    }
     if let Some(mut hop) = hop {
         hop.respond(&mut response);
         if let Some(spans) = hop.into_finish() {

@@ -32,10 +32,13 @@ use super::route::Route;
 use super::snapshot::{RouteTarget, Snapshot};
 use crate::config::{Config, Propagator, Role, TraceIncoming};
 use crate::export::SpanSink;
+use crate::stitch::{Inferred, Source, Tracked};
 use crate::trace::context::{SpanId, TraceFlags, TraceId, TraceParent};
-use crate::trace::propagation::{self, Format, Outgoing};
+use crate::trace::propagation::{self, Format, Outgoing, Remote};
 use crate::trace::sampler::Sampler;
-use crate::trace::span::{ConnectionAcquired, SpanKind, SpanLink, SpanRecord};
+use crate::trace::span::{
+    Attribute, AttributeValue, ConnectionAcquired, SpanKind, SpanLink, SpanRecord,
+};
 
 static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
 
@@ -55,6 +58,8 @@ pub struct Hop {
     client_id: Option<SpanId>,
     config: Arc<Config>,
     recording: Option<Box<Recording>>,
+    /// Stitching: this inbound request in the registry, or the call attributed to one.
+    tracked: Option<Tracked>,
 }
 
 /// Only for sampled requests with an enabled sink.
@@ -70,6 +75,8 @@ struct Recording {
     capture: Option<CaptureConnection>,
     /// Set for an unsampled request recorded only in case it fails or is slow.
     tail: Option<Tail>,
+    /// Outbound: the parent was inferred (or candidates linked) by stitching.
+    inferred: Option<Inferred>,
 }
 
 /// When an unsampled request's spans are kept anyway (`keep_errors`, `keep_slower_than`).
@@ -111,7 +118,43 @@ impl Hop {
             .get(ctx.index)
             .is_some_and(|l| l.trace_incoming == TraceIncoming::Restart);
         // Restart: the caller's context is only a link; nothing of it is continued.
-        let remote = incoming.remote.filter(|_| !restart);
+        let mut remote = incoming.remote.filter(|_| !restart);
+        // Outbound: a call without context may get its parent from the inbound request
+        // that caused it (stitching); decided now, before anything is injected.
+        let stitched = (role == Role::Outbound).then(|| {
+            let forwarded = remote.and_then(|r| {
+                Some(TraceParent {
+                    trace_id: r.trace_id,
+                    parent_id: r.span_id?,
+                    flags: r.flags,
+                })
+            });
+            ctx.stitch.outbound(
+                &snapshot.config.stitching,
+                template.as_ref(),
+                req.uri(),
+                req.headers(),
+                forwarded,
+                started,
+            )
+        });
+        let inferred_parent = stitched
+            .as_ref()
+            .is_some_and(|s| s.source != Some(Source::Forwarded) && s.parent.is_some());
+        if let Some(parent) = stitched
+            .as_ref()
+            .and_then(|s| s.parent)
+            .filter(|_| inferred_parent)
+        {
+            remote = Some(Remote {
+                trace_id: parent.trace_id,
+                span_id: Some(parent.parent_id),
+                sampled: Some(parent.flags.is_sampled()),
+                debug: false,
+                short_trace_id: false,
+                flags: parent.flags,
+            });
+        }
         let trace_id = remote.map_or_else(TraceId::random, |r| r.trace_id);
         let sampler = Sampler {
             ratio: sampling_ratio.unwrap_or(tracing.sampling_ratio),
@@ -137,13 +180,36 @@ impl Hop {
                 .decision
                 .is_some_and(|(_, debug)| debug && !restart);
         // W3C §3.3: tracestate goes with the parent it came with; a new trace starts empty.
-        // Restart: the caller's context (with its tracestate) is kept only for the link.
+        // Restart: the caller's context (with its tracestate) is kept only for the link. An
+        // inferred parent is this process's own SERVER span: no tracestate came with it.
         let (tracestate, caller) = match restart {
-            false => (remote.and(incoming.tracestate), None),
+            false => (
+                remote.and(incoming.tracestate).filter(|_| !inferred_parent),
+                None,
+            ),
             true => (None, incoming.remote.map(|r| (r, incoming.tracestate))),
         };
         let server_id = (role != Role::Outbound).then(SpanId::random);
         let client_id = (role != Role::Inbound).then(SpanId::random);
+        let (mut tracked, inferred) = match stitched {
+            Some(s) => (s.tracked, s.inferred),
+            None => (None, None),
+        };
+        if let (Role::Inbound, Some(parent_id)) = (role, server_id) {
+            let injected = TraceParent {
+                trace_id,
+                parent_id,
+                flags,
+            };
+            tracked = ctx.stitch.inbound(
+                &snapshot.config.stitching,
+                template.as_ref(),
+                req.uri(),
+                req.headers(),
+                injected,
+                started,
+            );
+        }
 
         // Tail keeping: an unsampled request is recorded too, and exported only if it turns
         // out to fail or be slow (decided in `SpanFinish::finish`).
@@ -164,7 +230,9 @@ impl Hop {
                     trace_id,
                     span_id: server_id.or(client_id).unwrap_or_else(SpanId::random),
                     parent_span_id: remote.and_then(|r| r.span_id),
-                    parent_is_remote: remote.is_some_and(|r| r.span_id.is_some()),
+                    // An inferred parent is this process's own SERVER span.
+                    parent_is_remote: remote.is_some_and(|r| r.span_id.is_some())
+                        && !inferred_parent,
                     flags,
                     debug,
                     tracestate: tracestate.clone(),
@@ -195,20 +263,32 @@ impl Hop {
                                 span_id: r.span_id?,
                                 flags: r.flags,
                                 tracestate,
-                                attributes: vec![("hoptrace.link.reason", "restart")],
+                                remote: true,
+                                attributes: vec![Attribute {
+                                    key: "hoptrace.link.reason",
+                                    value: AttributeValue::Str("restart"),
+                                }],
                             })
                         })
                         .into_iter()
                         .collect(),
                     kept_reason: None,
+                    attributes: Vec::new(),
                 },
                 tail,
                 has_server: role != Role::Outbound,
                 client: None,
                 client_started: None,
                 capture: None,
+                inferred: None,
             })
         });
+        let mut recording = recording;
+        if let (Some(rec), Some(inferred)) = (recording.as_mut(), inferred) {
+            // The CLIENT spans are cloned from `base`.
+            inferred.annotate(&mut rec.base);
+            rec.inferred = Some(inferred);
+        }
         Some(Hop {
             trace_id,
             flags,
@@ -220,7 +300,13 @@ impl Hop {
             client_id,
             config: snapshot.config.clone(),
             recording,
+            tracked,
         })
+    }
+
+    /// The stitching registration, to be held until the response ends.
+    pub fn take_tracked(&mut self) -> Option<Tracked> {
+        self.tracked.take()
     }
 
     /// The span the upstream's `traceparent` names as its parent.

@@ -34,6 +34,9 @@ pub struct ListenerCtx {
     pub open_connections: prometheus_client::metrics::gauge::Gauge,
     /// Rejected trace-context headers, by format.
     pub invalid_contexts: crate::metrics::ContextMetrics,
+    /// The process's in-flight registry: inbound listeners fill it, outbound ones ask it
+    /// for the parent of a call without trace context.
+    pub stitch: Arc<crate::stitch::Stitcher>,
 }
 
 /// The connection a request arrived on.

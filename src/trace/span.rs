@@ -69,21 +69,41 @@ pub struct SpanRecord {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// Query keys whose values are replaced by `REDACTED` when exported.
     pub redact_query_keys: Arc<[String]>,
-    /// Spans this one relates to without being their child (restart mode: the caller's).
-    pub links: Vec<SpanLink>,
     /// Set when the head decision was not to sample but the span was kept anyway:
     /// `"error"` or `"slow"` (`hoptrace.kept_reason`).
     pub kept_reason: Option<&'static str>,
+    /// Attributes beyond the HTTP ones (`hoptrace.parent.*` of an inferred parent).
+    pub attributes: Vec<Attribute>,
+    /// Spans this one relates to without being their child: the caller's context in restart
+    /// mode, candidate parents of an outbound call that could not be attributed.
+    pub links: Vec<SpanLink>,
 }
 
-/// A link to another span (OpenTelemetry span links).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An attribute with a fixed key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attribute {
+    pub key: &'static str,
+    pub value: AttributeValue,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttributeValue {
+    Bool(bool),
+    F64(f64),
+    Str(&'static str),
+}
+
+/// A link to another span (OpenTelemetry span link), with its own attributes.
+#[derive(Clone, Debug, PartialEq)]
 pub struct SpanLink {
     pub trace_id: TraceId,
     pub span_id: SpanId,
     pub flags: TraceFlags,
+    /// The linked span's `tracestate`, when it came with one (a caller's context).
     pub tracestate: Option<HeaderValue>,
-    pub attributes: Vec<(&'static str, &'static str)>,
+    /// The linked span belongs to another process (a caller), not to this one.
+    pub remote: bool,
+    pub attributes: Vec<Attribute>,
 }
 
 impl SpanRecord {

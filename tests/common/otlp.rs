@@ -60,6 +60,8 @@ pub struct ReceivedSpan {
     pub events: Vec<(String, u64, BTreeMap<String, serde_json::Value>)>,
     /// (trace_id, span_id), lowercase hex.
     pub links: Vec<(String, String)>,
+    /// Each link's attributes, in the order of `links`.
+    pub link_attributes: Vec<BTreeMap<String, serde_json::Value>>,
     pub resource: BTreeMap<String, serde_json::Value>,
     pub scope_name: String,
     /// "grpc" | "http"
@@ -543,6 +545,11 @@ pub fn flatten(request: &ExportTraceServiceRequest, transport: &'static str) -> 
                         .links
                         .iter()
                         .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                        .collect(),
+                    link_attributes: span
+                        .links
+                        .iter()
+                        .map(|l| attributes(&l.attributes))
                         .collect(),
                     resource: resource.clone(),
                     scope_name: scope_name.clone(),

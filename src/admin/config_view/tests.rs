@@ -39,6 +39,19 @@ fn the_view_uses_the_toml_names_and_masks_secrets() {
     assert_eq!(v["tracing"]["trace_id_header"], "x-trace-id");
     assert_eq!(v["shutdown"]["grace"], "30s");
     assert_eq!(
+        v["stitching"],
+        json!({
+            "enabled": true,
+            "min_confidence": 0.9,
+            "max_candidates": 64,
+            "max_inflight": 4096,
+            "max_models": 1024,
+            "linger": "50ms",
+            "content_headers": ["x-request-id"],
+            "report_interval": "1m",
+        })
+    );
+    assert_eq!(
         v["listeners"][0],
         json!({
             "name": "inbound",

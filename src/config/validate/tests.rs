@@ -153,7 +153,7 @@ fn unknown_keys_list_the_allowed_ones() {
             "routes[1].upsteam: unknown key; expected one of: name, listener, host, path_prefix, \
              methods, headers, upstream, tracing, sampling_ratio (line 19)",
             "metrics: unknown key; expected one of: service, admin, shutdown, access_log, listeners, routes, \
-             upstreams, tracing (line 20)",
+             upstreams, tracing, stitching (line 20)",
         ]
     );
 }

@@ -274,7 +274,10 @@ impl Check<'_> {
     }
 
     /// Whether no parsed item repeats an earlier one (`no_duplicates` reports them).
-    fn no_repeats<T: PartialEq>(&self, items: &[(usize, &Spanned<String>, Option<T>)]) -> bool {
+    pub(super) fn no_repeats<T: PartialEq>(
+        &self,
+        items: &[(usize, &Spanned<String>, Option<T>)],
+    ) -> bool {
         items.iter().enumerate().all(|(k, (_, _, item))| {
             item.is_none() || !items.iter().take(k).any(|(_, _, e)| e == item)
         })

@@ -33,6 +33,7 @@ impl SpanFinish {
             client,
             client_started,
             tail,
+            inferred,
             ..
         } = *self.recording;
         let now = Instant::now();
@@ -46,6 +47,9 @@ impl SpanFinish {
             client.duration = now.duration_since(client_started.unwrap_or(started));
             if client.error_type.is_none() {
                 client.error_type = error;
+            }
+            if let Some(inferred) = &inferred {
+                inferred.check_contained(&mut client);
             }
             spans[0] = Some(client);
         }
