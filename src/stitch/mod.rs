@@ -73,10 +73,10 @@ impl Source {
     }
 }
 
-/// Most links on a CLIENT span whose parent was not sure enough.
+/// Most links on a CLIENT span whose parent was not sure enough: the top candidates, each
+/// with its confidence however low (a low one is information too, and a cut-off would make
+/// whether a candidate is linked depend on timing noise).
 const MAX_LINKS: usize = 4;
-/// Candidates below this confidence are not linked.
-const MIN_LINK_CONFIDENCE: f64 = 0.05;
 
 /// The registry and the learned model of one process.
 #[derive(Debug, Default)]
@@ -458,7 +458,6 @@ fn score(
     let links = weights
         .iter()
         .map(|&(i, w)| (i, confidence(w)))
-        .filter(|&(_, c)| c >= MIN_LINK_CONFIDENCE)
         .take(MAX_LINKS)
         .filter_map(|(i, c)| Some((registry.entry(i)?.parent, c)))
         .collect();
