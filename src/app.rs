@@ -180,6 +180,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             shared: shared.clone(),
             sink: sink.clone(),
             open_connections: metrics.open_connections(&listener.name),
+            rejected_connections: metrics.rejected_connections(&listener.name),
         });
         let listener = listener.clone();
         let stop_rx = stop_rx.clone();

@@ -65,6 +65,8 @@ fn listener(l: &ListenerConfig) -> Value {
         "role": role,
         "header_read_timeout": duration(l.header_read_timeout),
         "max_header_bytes": l.max_header_bytes,
+        "max_headers": l.max_headers,
+        "max_connections": l.max_connections,
     })
 }
 
@@ -99,6 +101,7 @@ fn route(r: &RouteConfig) -> Value {
         "upstream": r.upstream,
         "tracing": r.tracing,
         "sampling_ratio": r.sampling_ratio,
+        "max_request_body": r.max_request_body,
     })
 }
 
@@ -120,6 +123,10 @@ fn upstream(u: &UpstreamConfig) -> Value {
         "idle_timeout": duration(u.idle_timeout),
         "max_idle_per_endpoint": u.max_idle_per_endpoint,
         "failure_backoff": duration(u.failure_backoff),
+        "retries": u.retry.retries,
+        "retry_on": u.retry.retry_on,
+        "retry_budget": u.retry.budget_ratio.0,
+        "retry_budget_min_per_second": u.retry.budget_min_per_second,
     })
 }
 

@@ -49,6 +49,8 @@ pub(super) struct Listener {
     pub header_read_timeout: Option<Spanned<String>>,
     // Signed so that a negative number gets a range error rather than a type error.
     pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +66,7 @@ pub(super) struct Route {
     pub tracing: Option<Spanned<bool>>,
     // `f64` also accepts a TOML integer, so `0` and `1` work as well as `0.0` and `1.0`.
     pub sampling_ratio: Option<Spanned<f64>>,
+    pub max_request_body: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +110,10 @@ pub(super) struct Upstream {
     pub idle_timeout: Option<Spanned<String>>,
     pub max_idle_per_endpoint: Option<Spanned<i64>>,
     pub failure_backoff: Option<Spanned<String>>,
+    pub retries: Option<Spanned<i64>>,
+    pub retry_on: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub retry_budget: Option<Spanned<f64>>,
+    pub retry_budget_min_per_second: Option<Spanned<i64>>,
 }
 
 /// `[upstreams.NAME]`: the name, and the table unless it was not a table at all.
@@ -425,7 +432,8 @@ mod tests {
                 "headers",
                 "upstream",
                 "tracing",
-                "sampling_ratio"
+                "sampling_ratio",
+                "max_request_body"
             ]
         );
     }

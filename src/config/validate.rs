@@ -235,12 +235,22 @@ impl Check<'_> {
             65536,
             (8192, 1 << 20),
         );
+        let max_headers =
+            self.int_or_default(path, "max_headers", &f.max_headers, 100, (1, 10_000));
+        let max_connections = match &f.max_connections {
+            None => Some(None),
+            Some(_) => self
+                .int_or_default(path, "max_connections", &f.max_connections, 0, (1, 1 << 20))
+                .map(Some),
+        };
         Some(ListenerConfig {
             name: name?,
             bind: bind?,
             role: role?,
             header_read_timeout: header_read_timeout?,
             max_header_bytes: max_header_bytes?,
+            max_headers: max_headers?,
+            max_connections: max_connections?,
         })
     }
 

@@ -11,6 +11,8 @@
 //! | connect timed out  | 504    | `connect_timeout`  |
 //! | no response headers within `request_timeout` | 504 | `timeout` |
 //! | reset / closed before response headers | 502 | `upstream_reset` |
+//! | request body over `max_request_body` | 413 | `request_body_too_large` |
+//! | client's body malformed or cut off before response headers | 400 | `bad_request` |
 //!
 //! Requests hyper rejects before they reach us get their status from hyper: malformed → 400,
 //! header section too large → 431.
@@ -53,6 +55,10 @@ pub enum ProxyError {
         endpoint: Endpoint,
         timeout: Duration,
     },
+    #[error("request body failed: {}", source_chain(.0.as_ref()))]
+    BadRequestBody(BoxError),
+    #[error("request body exceeds max_request_body ({max} bytes)")]
+    BodyTooLarge { max: u64 },
     #[error("upstream {upstream} endpoint {endpoint}: failed before response headers: {}", source_chain(source.as_ref()))]
     Reset {
         upstream: Arc<str>,
@@ -66,7 +72,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::BadTarget(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadTarget(_) | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
@@ -79,7 +86,10 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no_route",
-            ProxyError::ConnectMethod | ProxyError::BadTarget(_) => "bad_request",
+            ProxyError::ConnectMethod
+            | ProxyError::BadTarget(_)
+            | ProxyError::BadRequestBody(_) => "bad_request",
+            ProxyError::BodyTooLarge { .. } => "request_body_too_large",
             ProxyError::NoEndpoint { .. } => "no_healthy_upstream",
             ProxyError::Connect { .. } => "connect_error",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
@@ -95,6 +105,8 @@ impl ProxyError {
             ProxyError::NoRoute => "hoptrace: no route for this request\n",
             ProxyError::ConnectMethod => "hoptrace: CONNECT is not supported\n",
             ProxyError::BadTarget(_) => "hoptrace: bad request target\n",
+            ProxyError::BadRequestBody(_) => "hoptrace: bad request body\n",
+            ProxyError::BodyTooLarge { .. } => "hoptrace: request body too large\n",
             ProxyError::NoEndpoint { .. } => "hoptrace: no upstream endpoint available\n",
             ProxyError::Connect { .. } => "hoptrace: upstream connection failed\n",
             ProxyError::ConnectTimeout { .. } => "hoptrace: upstream connect timed out\n",

@@ -42,6 +42,8 @@ pub struct Hop {
     client_id: Option<SpanId>,
     config: Arc<Config>,
     recording: Option<Box<Recording>>,
+    /// Attempts before the current one (`http.request.resend_count`).
+    resend_count: u32,
 }
 
 /// Only for sampled requests with an enabled sink.
@@ -160,6 +162,7 @@ impl Hop {
             client_id,
             config: snapshot.config.clone(),
             recording,
+            resend_count: 0,
         })
     }
 
@@ -195,7 +198,7 @@ impl Hop {
     }
 
     /// An upstream attempt begins (CLIENT span start) on `peer`.
-    pub fn attempt(&mut self, peer: &Authority, req: &mut Request<Incoming>) {
+    pub fn attempt<B>(&mut self, peer: &Authority, req: &mut Request<B>) {
         let Some(rec) = self.recording.as_mut() else {
             return;
         };
@@ -213,6 +216,7 @@ impl Hop {
         }
         client.start = rec.base.start + now.duration_since(rec.started);
         client.peer = Some(peer.clone());
+        client.resend_count = self.resend_count;
         rec.client = Some(client);
         rec.client_started = Some(now);
         rec.capture = Some(capture_connection(req));
@@ -243,6 +247,26 @@ impl Hop {
                 }
             });
         }
+    }
+
+    /// The current attempt is given up for a retry: its CLIENT span ends now, with
+    /// `error_type` when it failed without a response. The next `attempt` records a new CLIENT
+    /// span with its own span id (call `inject` again so the upstream sees it as parent).
+    pub fn retrying(&mut self, error_type: Option<&'static str>) {
+        self.resend_count = self.resend_count.saturating_add(1);
+        if self.client_id.is_some() {
+            self.client_id = Some(SpanId::random());
+        }
+        let Some(rec) = self.recording.as_mut() else {
+            return;
+        };
+        if let Some(mut client) = rec.client.take() {
+            let now = Instant::now();
+            client.duration = now.duration_since(rec.client_started.unwrap_or(rec.started));
+            client.error_type = client.error_type.or(error_type);
+            rec.sink.try_send(client);
+        }
+        rec.capture = None;
     }
 
     /// The request failed with `err` (before any upstream response).

@@ -17,6 +17,8 @@ use crate::metrics::{Metrics, RouteMetrics};
 pub struct RouteTarget {
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    /// The route's `max_request_body`.
+    pub max_request_body: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -53,8 +55,14 @@ impl Snapshot {
                     .and_then(|p| p.upstreams.get(name))
                     .filter(|u| u.config == *def)
                     .cloned();
-                let upstream = reused
-                    .unwrap_or_else(|| Arc::new(Upstream::new(name, def, metrics.upstream(name))));
+                let upstream = reused.unwrap_or_else(|| {
+                    Arc::new(Upstream::new(
+                        name,
+                        def,
+                        metrics.upstream(name),
+                        metrics.retries(name),
+                    ))
+                });
                 (name.clone(), upstream)
             })
             .collect();
@@ -83,7 +91,12 @@ impl Snapshot {
                                 tracing: r.tracing,
                                 sampling_ratio: r.sampling_ratio,
                             };
-                            Some((spec, RouteTarget { upstream, metrics }))
+                            let target = RouteTarget {
+                                upstream,
+                                metrics,
+                                max_request_body: r.max_request_body,
+                            };
+                            Some((spec, target))
                         }),
                 )
             })

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
@@ -15,10 +14,12 @@ use super::connector::TaggingConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balance::{Balancer, EndpointState};
+use super::request_body::RequestBody;
+use super::retry::RetryBudget;
 use crate::config::{Protocol, UpstreamConfig};
-use crate::metrics::ConnectMetrics;
+use crate::metrics::{ConnectMetrics, RetryMetrics};
 
-pub type UpstreamClient = Client<TaggingConnector, Incoming>;
+pub type UpstreamClient = Client<TaggingConnector, RequestBody>;
 
 #[derive(Debug)]
 pub struct Upstream {
@@ -26,10 +27,17 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub client: UpstreamClient,
     pub balancer: Balancer,
+    pub retry_budget: RetryBudget,
+    pub retry_metrics: RetryMetrics,
 }
 
 impl Upstream {
-    pub fn new(name: &str, config: &UpstreamConfig, metrics: ConnectMetrics) -> Upstream {
+    pub fn new(
+        name: &str,
+        config: &UpstreamConfig,
+        metrics: ConnectMetrics,
+        retry_metrics: RetryMetrics,
+    ) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         // Small requests must not wait for Nagle.
@@ -55,6 +63,8 @@ impl Upstream {
             config: config.clone(),
             client,
             balancer: Balancer::new(config.balance, endpoints),
+            retry_budget: RetryBudget::new(&config.retry),
+            retry_metrics,
         }
     }
 

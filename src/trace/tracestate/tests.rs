@@ -57,6 +57,54 @@ fn empty_members_are_skipped() {
 }
 
 #[test]
+fn a_list_over_512_characters_is_cut_per_spec() {
+    // §3.3.1.5: members over 128 characters go first, then members from the end.
+    let big = format!("big={}", "x".repeat(200));
+    let small: Vec<String> = (0..30)
+        .map(|i| format!("k{i:02}={}", "v".repeat(20)))
+        .collect();
+    let line = format!("{},{big},{}", small[..2].join(","), small[2..].join(","));
+    assert!(line.len() > MAX_LEN);
+    let ts = valid(&line);
+    assert!(ts.as_bytes().len() <= MAX_LEN);
+    // 24-character members joined by ',': 20 of them fit in 512 (20*24 + 19 = 499).
+    assert_eq!(ts.len(), 20);
+    assert_eq!(ts.as_bytes(), small[..20].join(",").as_bytes());
+    assert!(!ts.as_bytes().windows(4).any(|w| w == b"big="));
+
+    // Spread over lines, the same rule applies to the combined list.
+    let lines: Vec<&[u8]> = small.iter().map(|m| m.as_bytes()).collect();
+    let ts = TraceState::parse(&lines).unwrap().unwrap();
+    assert_eq!(ts.as_bytes(), small[..20].join(",").as_bytes());
+
+    // Only large members: nothing is left, as if there were no tracestate.
+    let large: Vec<String> = (0..5)
+        .map(|i| format!("l{i}={}", "y".repeat(140)))
+        .collect();
+    assert_eq!(one(&large.join(",")), Ok(None));
+
+    // Exactly 512 is kept whole, as received.
+    let exact = format!("k0={}, k1={}", "z".repeat(249), "z".repeat(255));
+    assert_eq!(exact.len(), MAX_LEN);
+    assert_eq!(valid(&exact).as_bytes(), exact.as_bytes());
+}
+
+#[test]
+fn huge_lists_are_parsed_in_one_pass_without_panicking() {
+    // A megabyte of members (far over 32): rejected, not scanned quadratically.
+    let huge: Vec<String> = (0..100_000).map(|i| format!("k{i}=v")).collect();
+    assert_eq!(one(&huge.join(",")), Err(ContextError::TooManyMembers));
+    assert_eq!(
+        one(&"a=b,".repeat(250_000)),
+        Err(ContextError::DuplicateKey)
+    );
+    // A megabyte of empty members and whitespace: no members at all.
+    assert_eq!(one(&", \t".repeat(300_000)), Ok(None));
+    // One member with a megabyte-long value: invalid (values are at most 256 characters).
+    assert!(one(&format!("k={}", "v".repeat(1 << 20))).is_err());
+}
+
+#[test]
 fn thirty_two_members_is_the_limit() {
     let members: Vec<String> = (0..33).map(|i| format!("k{i}=v{i}")).collect();
     let ok = members[..32].join(",");
