@@ -120,6 +120,7 @@ fn upstream(u: &UpstreamConfig) -> Value {
         "balance": balance,
         "connect_timeout": duration(u.connect_timeout),
         "request_timeout": duration(u.request_timeout),
+        "body_timeout": duration(u.body_timeout),
         "idle_timeout": duration(u.idle_timeout),
         "max_idle_per_endpoint": u.max_idle_per_endpoint,
         "failure_backoff": duration(u.failure_backoff),

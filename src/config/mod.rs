@@ -277,6 +277,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// From sending the request until the response headers arrive; the body may take longer.
     pub request_timeout: Duration,
+    /// Longest wait for the next piece of a response body; then the response is aborted.
+    pub body_timeout: Duration,
     /// Pooled idle connections are closed after this long.
     pub idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,

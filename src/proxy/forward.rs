@@ -276,7 +276,13 @@ async fn forward(
             attempt += 1;
             continue;
         }
-        return Ok(respond(response, client_upgrade, client_version, in_flight));
+        return Ok(respond(
+            response,
+            client_upgrade,
+            client_version,
+            in_flight,
+            upstream.config.body_timeout,
+        ));
     }
 }
 
@@ -336,6 +342,7 @@ fn respond(
     client_upgrade: Option<OnUpgrade>,
     client_version: Version,
     in_flight: InFlight,
+    body_timeout: std::time::Duration,
 ) -> Response<ResponseBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -350,7 +357,7 @@ fn respond(
     let (mut parts, body) = response.into_parts();
     // Answer in the client's protocol, whatever the upstream spoke.
     parts.version = client_version;
-    Response::from_parts(parts, ResponseBody::upstream(body, in_flight))
+    Response::from_parts(parts, ResponseBody::upstream(body, in_flight, body_timeout))
 }
 
 /// Classifies a client error. A refused or timed-out connect puts the endpoint in back-off.

@@ -198,10 +198,20 @@ impl Receiver {
         Receiver::start_with(Some((cert_pem, key_pem))).await
     }
 
+    /// A plain-text receiver whose gRPC server listens on `grpc_addr` (e.g. where a collector
+    /// that was down used to be).
+    pub async fn start_at(grpc_addr: SocketAddr) -> Receiver {
+        Receiver::start_on(None, grpc_addr).await
+    }
+
     async fn start_with(tls: Option<(&str, &str)>) -> Receiver {
+        Receiver::start_on(tls, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn start_on(tls: Option<(&str, &str)>, grpc_addr: SocketAddr) -> Receiver {
         let state = Arc::new(State::default());
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(grpc_addr).await.unwrap();
         let grpc_addr = listener.local_addr().unwrap();
         let service = TraceServiceServer::new(Grpc(state.clone()))
             .accept_compressed(CompressionEncoding::Gzip);

@@ -35,6 +35,13 @@ impl Check<'_> {
             secs(30),
             value::positive_duration,
         );
+        let body_timeout = self.or_default(
+            path,
+            "body_timeout",
+            &f.body_timeout,
+            secs(60),
+            value::positive_duration,
+        );
         let idle_timeout = self.or_default(
             path,
             "idle_timeout",
@@ -63,6 +70,7 @@ impl Check<'_> {
             balance: balance?,
             connect_timeout: connect_timeout?,
             request_timeout: request_timeout?,
+            body_timeout: body_timeout?,
             idle_timeout: idle_timeout?,
             max_idle_per_endpoint: max_idle_per_endpoint?,
             failure_backoff: failure_backoff?,

@@ -1,0 +1,262 @@
+//! Faults around the proxy: a collector that is down or black-holed (requests unaffected,
+//! losses counted, export resumes when it returns) and upstreams that refuse, reset, never
+//! answer, or stall mid-body (right status or aborted stream, right `error.type`, no hang).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::otlp::Receiver;
+use common::*;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn config(upstream: SocketAddr, role: &str, collector: &str, upstream_extra: &str) -> String {
+    format!(
+        r#"
+[service]
+name = "faults"
+[admin]
+bind = "127.0.0.1:0"
+[tracing]
+queue_size = 64
+batch_size = 16
+batch_delay = "20ms"
+[tracing.otlp]
+protocol = "grpc"
+endpoint = "{collector}"
+timeout = "300ms"
+[[listeners]]
+name = "main"
+bind = "127.0.0.1:0"
+role = "{role}"
+[[routes]]
+listener = "main"
+upstream = "app"
+[upstreams.app]
+endpoints = ["{upstream}"]
+request_timeout = "300ms"
+body_timeout = "300ms"
+{upstream_extra}
+"#
+    )
+}
+
+/// A collector address that accepts connections and never reads or answers: the accepted
+/// sockets are kept open until the returned task is aborted.
+async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (addr, task)
+}
+
+/// Sends `n` requests one after the other; every one must succeed.
+async fn all_succeed(addr: SocketAddr, n: usize) {
+    let client = http1_client();
+    for i in 0..n {
+        let response = get(&client, format!("http://{addr}/r{i}")).await;
+        assert_eq!(response.status(), 200, "request {i}");
+        body_string(response).await;
+    }
+}
+
+/// The collector is refused, then black-holed: requests keep succeeding, the queue stays
+/// within its size, lost spans are counted; then a real collector comes up on the address
+/// and spans arrive again.
+async fn outage(collector: SocketAddr, hole: Option<tokio::task::JoinHandle<()>>) {
+    let upstream = echo_server("app").await;
+    let toml = config(upstream.addr, "inbound", &format!("http://{collector}"), "");
+    let proxy = start_proxy(&toml).await;
+    let addr = proxy.listener_addr("main").unwrap();
+
+    all_succeed(addr, 300).await;
+    let stats = proxy.span_sink().stats().clone();
+    wait_until("lost spans are counted", Duration::from_secs(10), || {
+        let [_, _, dropped, failed] = stats.snapshot();
+        async move { dropped + failed > 0 }
+    })
+    .await;
+    assert!(proxy.span_sink().queue_depth() <= 64);
+    let [started, exported, ..] = stats.snapshot();
+    assert_eq!(started, 300);
+    assert_eq!(exported, 0);
+    let metrics = body_string(
+        get(
+            &http1_client(),
+            format!("http://{}/metrics", proxy.admin_addr()),
+        )
+        .await,
+    )
+    .await;
+    assert!(
+        metrics.contains("hoptrace_spans_failed_total")
+            && metrics.contains("hoptrace_spans_dropped_total")
+    );
+
+    // The collector comes back on the same address.
+    if let Some(hole) = hole {
+        hole.abort();
+        let _ = hole.await;
+    }
+    let receiver = Receiver::start_at(collector).await;
+    let client = http1_client();
+    wait_until("export resumes", Duration::from_secs(20), || {
+        let (client, receiver) = (client.clone(), &receiver);
+        async move {
+            let response = get(&client, format!("http://{addr}/after")).await;
+            assert_eq!(response.status(), 200);
+            receiver
+                .spans()
+                .iter()
+                .any(|s| s.attr_str("url.path") == Some("/after"))
+        }
+    })
+    .await;
+    assert!(stats.snapshot()[1] > 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refusing_collector_costs_requests_nothing_and_export_resumes() {
+    let collector = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    outage(collector, None).await;
+}
+
+#[tokio::test]
+async fn a_black_holed_collector_costs_requests_nothing_and_export_resumes() {
+    let (collector, hole) = black_hole().await;
+    outage(collector, Some(hole)).await;
+}
+
+/// An upstream that reads a request head, then does `then` with the socket.
+async fn raw_upstream<F, Fut>(then: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            tokio::spawn(then(stream));
+        }
+    });
+    addr
+}
+
+/// Closes with a TCP reset (SO_LINGER 0) rather than a clean FIN. A zero linger never
+/// blocks on drop, which is what the deprecation warns about.
+#[allow(deprecated)]
+fn reset(stream: TcpStream) {
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+const PARTIAL_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
+
+#[tokio::test]
+async fn broken_upstreams_end_in_the_right_status_and_span() {
+    let refused = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let reset_before_headers = raw_upstream(|s| async move { reset(s) }).await;
+    let silent = raw_upstream(|s| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    })
+    .await;
+    let reset_mid_body = raw_upstream(|mut s| async move {
+        s.write_all(PARTIAL_HEAD).await.unwrap();
+        s.flush().await.unwrap();
+        // Let the proxy take the head before the reset.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reset(s);
+    })
+    .await;
+    let stalled_body = raw_upstream(|mut s| async move {
+        s.write_all(PARTIAL_HEAD).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    })
+    .await;
+
+    // (upstream, status the client gets or None for an aborted body, span error.type)
+    let cases = [
+        ("refused", refused, Some(502), "connect_error"),
+        (
+            "reset before headers",
+            reset_before_headers,
+            Some(502),
+            "upstream_reset",
+        ),
+        ("headers never sent", silent, Some(504), "timeout"),
+        ("reset mid-body", reset_mid_body, None, "upstream_reset"),
+        ("body stalls", stalled_body, None, "timeout"),
+    ];
+    for (what, upstream, status, error_type) in cases {
+        let receiver = Receiver::start().await;
+        let toml = config(upstream, "outbound", &receiver.grpc_url(), "");
+        let proxy = start_proxy(&toml).await;
+        let addr = proxy.listener_addr("main").unwrap();
+        let client = http1_client();
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.request(
+                http::Request::get(format!("http://{addr}/"))
+                    .body(full(""))
+                    .unwrap(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: hung"))
+        .unwrap();
+        match status {
+            Some(status) => {
+                assert_eq!(response.status(), status, "{what}");
+                assert_eq!(response.headers()["x-hoptrace-error"], error_type, "{what}");
+            }
+            None => {
+                // Headers were already sent: the body is cut off, never completed silently.
+                assert_eq!(response.status(), 200, "{what}");
+                let body =
+                    tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+                        .await
+                        .unwrap_or_else(|_| panic!("{what}: body hung"));
+                assert!(body.is_err(), "{what}: the body ended as if complete");
+            }
+        }
+        let spans = receiver.wait_for_spans(1).await;
+        assert_eq!(spans.len(), 1, "{what}: {spans:#?}");
+        assert_eq!(spans[0].kind, 3, "{what}");
+        assert_eq!(spans[0].attr_str("error.type"), Some(error_type), "{what}");
+        assert_eq!(spans[0].status_code, 2, "{what}");
+        // No request left in flight, no client connection left behind.
+        let metrics =
+            body_string(get(&client, format!("http://{}/metrics", proxy.admin_addr())).await).await;
+        assert!(
+            metrics.contains("hoptrace_downstream_connections_open{listener=\"main\"}"),
+            "{what}"
+        );
+        proxy.shutdown().await;
+    }
+}
