@@ -7,6 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::otlp::Receiver;
 use common::*;
@@ -234,4 +235,73 @@ async fn the_budget_caps_retries_and_counts_refusals() {
         "{metrics}"
     );
     proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retried_response_body_left_unread_leaks_no_connection() {
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    // An upstream that counts its open connections and answers 503 with a 1 MiB body
+    // (far more than socket buffers hold), then 200 on the last attempt of each request.
+    let open = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (o, s) = (open.clone(), served.clone());
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (open, served) = (o.clone(), s.clone());
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    let n = served.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let response = if n % 3 == 2 {
+                            text(200, "ok")
+                        } else {
+                            http::Response::builder()
+                                .status(503)
+                                .body(full(vec![b'x'; 1 << 20]))
+                                .unwrap()
+                        };
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let receiver = Receiver::start().await;
+    let proxy = start_proxy(&config(
+        "outbound",
+        &[upstream],
+        "retries = 2\nretry_on = [503]\nretry_budget = 1.0",
+        &receiver,
+    ))
+    .await;
+    let addr = proxy.listener_addr("main").unwrap();
+    let client = http1_client();
+    for _ in 0..5 {
+        let response = get(&client, format!("http://{addr}/")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(body_string(response).await, "ok");
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 15);
+    // Each abandoned 503 took its connection with it; only the pooled connection of the last
+    // 200 stays open.
+    wait_until(
+        "abandoned connections are closed",
+        Duration::from_secs(10),
+        || {
+            let open = open.clone();
+            async move { open.load(Ordering::SeqCst) <= 1 }
+        },
+    )
+    .await;
+    proxy.shutdown().await;
+    server.abort();
 }

@@ -2,6 +2,8 @@
 //! checks across tables (unique names and binds, defined references, shadowed routes).
 //! Every problem is collected; a `Config` is returned only if there are none.
 
+#[cfg(test)]
+mod proptests;
 mod route;
 #[cfg(test)]
 mod tests;

@@ -262,6 +262,32 @@ pub(super) fn path_prefix(s: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(byte_size("4096"), Ok(4096));
+        assert_eq!(byte_size("512KiB"), Ok(512 << 10));
+        assert_eq!(byte_size("1 MiB"), Ok(1 << 20));
+        assert_eq!(byte_size("2GiB"), Ok(2 << 30));
+        assert_eq!(byte_size("10kB"), Ok(10_000));
+        assert_eq!(byte_size("10MB"), Ok(10_000_000));
+        assert_eq!(byte_size("7B"), Ok(7));
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "1 MeB",
+            "1mib",
+            "99999999999999999999GiB",
+        ] {
+            assert!(byte_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            byte_size("0KiB"),
+            Err("must be greater than 0 (got \"0KiB\")".into())
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -310,6 +310,41 @@ proptest! {
             prop_assert_eq!(again.len(), ts.len());
         }
     }
+
+    #[test]
+    fn long_lists_are_cut_to_a_prefix_of_the_small_members(
+        lengths in proptest::collection::vec(1usize..250, 1..32)
+    ) {
+        // Distinct keys k0, k1, ...; member i's value has the length drawn for it.
+        let list: Vec<String> = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, len)| format!("k{i}={}", "v".repeat(*len)))
+            .collect();
+        let line = list.join(",");
+        let ts = TraceState::parse(&[line.as_bytes()]).unwrap();
+        let kept = ts.as_ref().map_or(&b""[..], TraceState::as_bytes);
+        prop_assert!(kept.len() <= MAX_LEN);
+        if line.len() <= MAX_LEN {
+            prop_assert_eq!(kept, line.as_bytes());
+        } else {
+            // §3.3.1.5: large members dropped, then the list cut from the end: the result is
+            // the longest prefix of the small members that fits.
+            let small: Vec<&String> = list.iter().filter(|m| m.len() <= LARGE_MEMBER).collect();
+            let mut expected = String::new();
+            for m in small {
+                let extra = m.len() + usize::from(!expected.is_empty());
+                if expected.len() + extra > MAX_LEN {
+                    break;
+                }
+                if !expected.is_empty() {
+                    expected.push(',');
+                }
+                expected.push_str(m);
+            }
+            prop_assert_eq!(kept, expected.as_bytes());
+        }
+    }
 }
 
 #[test]
