@@ -19,7 +19,7 @@ use super::headers::{add_forwarded, is_upgrade_request, remove_hop_by_hop};
 use super::hop::Hop;
 use super::listener::{ConnInfo, ListenerCtx};
 use super::request_body::{BodyFault, RequestBody};
-use super::retry::is_idempotent;
+use super::retry::{Replay, is_idempotent, retry_allowed};
 use super::route::{RequestInfo, host_without_port};
 use super::snapshot::RouteTarget;
 use super::upstream::{InFlight, Upstream};
@@ -180,7 +180,8 @@ async fn forward(
         && req.body().is_end_stream()
         && client_upgrade.is_none())
     .then(|| Replay::of(&req));
-    if replay.is_some() {
+    if policy.retries > 0 {
+        // Every request to the upstream earns budget, retryable or not.
         upstream.retry_budget.deposit();
     }
     let fault = BodyFault::default();
@@ -283,43 +284,6 @@ async fn forward(
             in_flight,
             upstream.config.body_timeout,
         ));
-    }
-}
-
-/// Takes a retry from the upstream's budget, counting it, or counts the refusal.
-fn retry_allowed(upstream: &Upstream) -> bool {
-    if upstream.retry_budget.withdraw() {
-        upstream.retry_metrics.retries.inc();
-        true
-    } else {
-        upstream.retry_metrics.budget_exhausted.inc();
-        debug!(upstream = %upstream.name, "retry budget spent; not retrying");
-        false
-    }
-}
-
-/// What is needed to send a body-less request again.
-struct Replay {
-    method: Method,
-    version: Version,
-    headers: http::HeaderMap,
-}
-
-impl Replay {
-    fn of<B>(req: &Request<B>) -> Replay {
-        Replay {
-            method: req.method().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
-        }
-    }
-
-    fn request(&self) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::empty());
-        *req.method_mut() = self.method.clone();
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
-        req
     }
 }
 

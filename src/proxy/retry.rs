@@ -10,7 +10,11 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use http::Method;
+use http::{HeaderMap, Method, Request, Version};
+use tracing::debug;
+
+use super::request_body::RequestBody;
+use super::upstream::Upstream;
 
 use crate::config::RetryConfig;
 
@@ -104,6 +108,43 @@ impl RetryBudget {
             };
         }
         f(totals, slot)
+    }
+}
+
+/// Takes a retry from the upstream's budget, counting it, or counts the refusal.
+pub fn retry_allowed(upstream: &Upstream) -> bool {
+    if upstream.retry_budget.withdraw() {
+        upstream.retry_metrics.retries.inc();
+        true
+    } else {
+        upstream.retry_metrics.budget_exhausted.inc();
+        debug!(upstream = %upstream.name, "retry budget spent; not retrying");
+        false
+    }
+}
+
+/// What is needed to send a body-less request again.
+pub struct Replay {
+    method: Method,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    pub fn of<B>(req: &Request<B>) -> Replay {
+        Replay {
+            method: req.method().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    pub fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = self.method.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
     }
 }
 
