@@ -139,6 +139,74 @@ async fn a_black_holed_collector_costs_requests_nothing_and_export_resumes() {
     outage(collector, Some(hole)).await;
 }
 
+/// A slow collector: a TCP relay to `to` that holds every chunk of the collector's answers
+/// for `delay` before passing it on.
+async fn slow_relay(to: SocketAddr, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(to).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_slow_collector_costs_requests_nothing() {
+    let receiver = Receiver::start().await;
+    let grpc: SocketAddr = receiver
+        .grpc_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    // Every answer takes at least 200 ms, close to the 300 ms export timeout.
+    let collector = slow_relay(grpc, Duration::from_millis(200)).await;
+    let upstream = echo_server("app").await;
+    let toml = config(upstream.addr, "inbound", &format!("http://{collector}"), "");
+    let proxy = start_proxy(&toml).await;
+    let addr = proxy.listener_addr("main").unwrap();
+    all_succeed(addr, 300).await;
+    assert!(proxy.span_sink().queue_depth() <= 64);
+    // Export keeps making progress through the slow collector; what did not fit meanwhile
+    // is counted, and every span is accounted for once the queue has drained.
+    let stats = proxy.span_sink().stats().clone();
+    wait_until(
+        "every span is exported or counted",
+        Duration::from_secs(20),
+        || {
+            let stats = stats.clone();
+            let depth = proxy.span_sink().queue_depth();
+            async move {
+                let [started, exported, dropped, failed] = stats.snapshot();
+                depth == 0 && exported > 0 && exported + dropped + failed == started
+            }
+        },
+    )
+    .await;
+    assert!(!receiver.spans().is_empty());
+    proxy.shutdown().await;
+}
+
 /// An upstream that reads a request head, then does `then` with the socket.
 async fn raw_upstream<F, Fut>(then: F) -> SocketAddr
 where
