@@ -14,7 +14,11 @@ fn replay(target: &str, check: fn(&[u8])) {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
         let outcome = std::panic::catch_unwind(|| check(&data));
-        assert!(outcome.is_ok(), "{target}: {} fails its check", path.display());
+        assert!(
+            outcome.is_ok(),
+            "{target}: {} fails its check",
+            path.display()
+        );
         inputs += 1;
     }
     assert!(inputs > 0, "{}: empty corpus", dir.display());
