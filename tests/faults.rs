@@ -262,12 +262,17 @@ async fn broken_upstreams_end_in_the_right_status_and_span() {
     let closed = Arc::new(AtomicUsize::new(0));
     let c = closed.clone();
     let silent = raw_upstream(move |s| wait_for_close(s, c.clone())).await;
-    let reset_mid_body = raw_upstream(|mut s| async move {
-        s.write_all(PARTIAL_HEAD).await.unwrap();
-        s.flush().await.unwrap();
-        // Let the proxy take the head before the reset.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        reset(s);
+    // Resets once the client has the response head (so the reset lands mid-body).
+    let head_received = Gate::default();
+    let gate = head_received.clone();
+    let reset_mid_body = raw_upstream(move |mut s| {
+        let gate = gate.clone();
+        async move {
+            s.write_all(PARTIAL_HEAD).await.unwrap();
+            s.flush().await.unwrap();
+            gate.notified().await;
+            reset(s);
+        }
     })
     .await;
     let c = closed.clone();
@@ -318,6 +323,7 @@ async fn broken_upstreams_end_in_the_right_status_and_span() {
             None => {
                 // Headers were already sent: the body is cut off, never completed silently.
                 assert_eq!(response.status(), 200, "{what}");
+                head_received.notify_one();
                 let body =
                     tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
                         .await
