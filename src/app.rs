@@ -259,6 +259,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
                 &crate::trace::propagation::Format::ALL.map(|f| f.name()),
             ),
             stitch: stitch.clone(),
+            rejected_connections: metrics.rejected_connections(&listener.name),
         });
         let listener = listener.clone();
         let stop_rx = stop_rx.clone();

@@ -35,6 +35,9 @@ pub struct Metrics {
     connect_timeouts: Family<Labels, Counter>,
     open_connections: Family<Labels, Gauge>,
     invalid_contexts: Family<Labels, Counter>,
+    rejected_connections: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    retry_budget_exhausted: Family<Labels, Counter>,
     export_batch_duration: Histogram,
     tls_handshake_failures: Family<Labels, Counter>,
     tls_cert_reloads: Family<Labels, Counter>,
@@ -69,6 +72,15 @@ pub struct ConnectMetrics {
     pub attempts: Counter,
     pub failures: Counter,
     pub timeouts: Counter,
+}
+
+/// An upstream's retry counters.
+#[derive(Clone, Debug, Default)]
+pub struct RetryMetrics {
+    /// Retries sent.
+    pub retries: Counter,
+    /// Retries not sent because the budget was spent.
+    pub budget_exhausted: Counter,
 }
 
 impl RouteMetrics {
@@ -135,6 +147,24 @@ impl Metrics {
             "Requests whose trace-context header of this format was present but rejected",
             invalid_contexts.clone(),
         );
+        let rejected_connections = Family::<Labels, Counter>::default();
+        registry.register(
+            "downstream_connections_rejected",
+            "Client connections closed at once because the listener had max_connections open",
+            rejected_connections.clone(),
+        );
+        let retries = Family::<Labels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Requests sent to an upstream again after a failed attempt",
+            retries.clone(),
+        );
+        let retry_budget_exhausted = Family::<Labels, Counter>::default();
+        registry.register(
+            "upstream_retry_budget_exhausted",
+            "Retries not sent because the upstream's retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
         let export_batch_duration = Histogram::new(latency_buckets());
         registry.register_with_unit(
             "export_batch_duration",
@@ -165,6 +195,9 @@ impl Metrics {
             connect_timeouts,
             open_connections,
             invalid_contexts,
+            rejected_connections,
+            retries,
+            retry_budget_exhausted,
             export_batch_duration,
         }
     }
@@ -205,6 +238,22 @@ impl Metrics {
             failures: self.connect_failures.get_or_create(&labels).clone(),
             timeouts: self.connect_timeouts.get_or_create(&labels).clone(),
         }
+    }
+
+    /// An upstream's retry counters.
+    pub fn retries(&self, upstream: &str) -> RetryMetrics {
+        let labels: Labels = vec![("upstream", upstream.to_string())];
+        RetryMetrics {
+            retries: self.retries.get_or_create(&labels).clone(),
+            budget_exhausted: self.retry_budget_exhausted.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Connections a listener closed at once for `max_connections`.
+    pub fn rejected_connections(&self, listener: &str) -> Counter {
+        self.rejected_connections
+            .get_or_create(&vec![("listener", listener.to_string())])
+            .clone()
     }
 
     pub fn open_connections(&self, listener: &str) -> Gauge {

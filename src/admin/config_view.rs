@@ -90,6 +90,8 @@ fn listener(l: &ListenerConfig) -> Value {
                 TraceIncoming::Restart => "restart",
             },
         },
+        "max_headers": l.max_headers,
+        "max_connections": l.max_connections,
     })
 }
 
@@ -151,6 +153,7 @@ fn route(r: &RouteConfig) -> Value {
         "upstream": r.upstream,
         "tracing": r.tracing,
         "sampling_ratio": r.sampling_ratio,
+        "max_request_body": r.max_request_body,
     })
 }
 
@@ -169,10 +172,15 @@ fn upstream(u: &UpstreamConfig) -> Value {
         "balance": balance,
         "connect_timeout": duration(u.connect_timeout),
         "request_timeout": duration(u.request_timeout),
+        "body_timeout": duration(u.body_timeout),
         "idle_timeout": duration(u.idle_timeout),
         "max_idle_per_endpoint": u.max_idle_per_endpoint,
         "failure_backoff": duration(u.failure_backoff),
         "tls": u.tls.as_ref().map(upstream_tls),
+        "retries": u.retry.retries,
+        "retry_on": u.retry.retry_on,
+        "retry_budget": u.retry.budget_ratio.0,
+        "retry_budget_min_per_second": u.retry.budget_min_per_second,
     })
 }
 

@@ -90,6 +90,11 @@ pub struct ListenerConfig {
     pub tls: Option<ListenerTls>,
     /// `[listeners.trace] incoming`: whether callers' trace contexts are continued.
     pub trace_incoming: TraceIncoming,
+    /// Most header fields in one HTTP/1.1 request; more gets 431.
+    pub max_headers: usize,
+    /// Most client connections open at once; a connection beyond it is accepted and closed
+    /// at once (and counted). `None`: no limit.
+    pub max_connections: Option<usize>,
 }
 
 /// Whether a TLS listener asks clients for a certificate.
@@ -192,6 +197,8 @@ pub struct RouteConfig {
     pub tracing: bool,
     /// Overrides `[tracing] sampling_ratio` for new traces starting on this route.
     pub sampling_ratio: Option<f64>,
+    /// Largest request body forwarded, in bytes; larger gets 413. `None`: no limit.
+    pub max_request_body: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -423,6 +430,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// From sending the request until the response headers arrive; the body may take longer.
     pub request_timeout: Duration,
+    /// Longest wait for the next piece of a response body; then the response is aborted.
+    pub body_timeout: Duration,
     /// Pooled idle connections are closed after this long.
     pub idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
@@ -430,6 +439,44 @@ pub struct UpstreamConfig {
     pub failure_backoff: Duration,
     /// TLS to the endpoints (`[upstreams.NAME.tls]`); plain TCP when `None`.
     pub tls: Option<UpstreamTls>,
+    pub retry: RetryConfig,
+}
+
+/// When a failed attempt is tried again (on another pick of the balancer). Only requests that
+/// are safe to repeat are retried: an idempotent method and no request body.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RetryConfig {
+    /// Attempts after the first; 0 (the default) switches retries off.
+    pub retries: u32,
+    /// Response statuses retried, besides connection failures (refused, connect timeout).
+    pub retry_on: Vec<u16>,
+    /// Retries allowed per request over the budget window, e.g. 0.2 = 20% extra load.
+    pub budget_ratio: Fraction,
+    /// Retries always allowed per second, whatever the ratio (so a quiet upstream can retry).
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            retries: 0,
+            retry_on: Vec::new(),
+            budget_ratio: Fraction(0.2),
+            budget_min_per_second: 10,
+        }
+    }
+}
+
+/// A number in 0.0..=1.0, comparable and hashable (by its bits) so configs holding one are.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fraction(pub f64);
+
+impl Eq for Fraction {}
+
+impl std::hash::Hash for Fraction {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state);
+    }
 }
 
 impl Config {

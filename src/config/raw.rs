@@ -54,6 +54,8 @@ pub(super) struct Listener {
     #[allow(dead_code)]
     pub tls: Option<serde::de::IgnoredAny>,
     pub trace: Option<Spanned<ListenerTrace>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +87,7 @@ pub(super) struct Route {
     pub tracing: Option<Spanned<bool>>,
     // `f64` also accepts a TOML integer, so `0` and `1` work as well as `0.0` and `1.0`.
     pub sampling_ratio: Option<Spanned<f64>>,
+    pub max_request_body: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,12 +143,17 @@ pub(super) struct Upstream {
     pub balance: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
+    pub body_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_idle_per_endpoint: Option<Spanned<i64>>,
     pub failure_backoff: Option<Spanned<String>>,
     /// `[upstreams.NAME.tls]` is read as its own table (`UpstreamTls`); listed so it is allowed.
     #[allow(dead_code)]
     pub tls: Option<serde::de::IgnoredAny>,
+    pub retries: Option<Spanned<i64>>,
+    pub retry_on: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub retry_budget: Option<Spanned<f64>>,
+    pub retry_budget_min_per_second: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -552,7 +560,8 @@ mod tests {
                 "headers",
                 "upstream",
                 "tracing",
-                "sampling_ratio"
+                "sampling_ratio",
+                "max_request_body"
             ]
         );
     }

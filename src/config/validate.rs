@@ -2,6 +2,8 @@
 //! checks across tables (unique names and binds, defined references, shadowed routes).
 //! Every problem is collected; a `Config` is returned only if there are none.
 
+#[cfg(test)]
+mod proptests;
 mod route;
 mod stitching;
 #[cfg(test)]
@@ -284,6 +286,14 @@ impl Check<'_> {
             ),
             None => Some(TraceIncoming::Continue),
         };
+        let max_headers =
+            self.int_or_default(path, "max_headers", &f.max_headers, 100, (1, 10_000));
+        let max_connections = match &f.max_connections {
+            None => Some(None),
+            Some(_) => self
+                .int_or_default(path, "max_connections", &f.max_connections, 0, (1, 1 << 20))
+                .map(Some),
+        };
         Some(ListenerConfig {
             trace_incoming: trace_incoming?,
             name: name?,
@@ -292,6 +302,8 @@ impl Check<'_> {
             header_read_timeout: header_read_timeout?,
             max_header_bytes: max_header_bytes?,
             tls: None,
+            max_headers: max_headers?,
+            max_connections: max_connections?,
         })
     }
 

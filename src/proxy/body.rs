@@ -9,9 +9,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use http::{Method, Uri};
@@ -65,6 +66,7 @@ impl RequestDone {
         let error_type = entry.error_type.or(match outcome {
             Outcome::Complete => None,
             Outcome::UpstreamFailed => Some("upstream_reset"),
+            Outcome::UpstreamStalled => Some("timeout"),
             Outcome::ClientGone => Some("client_closed"),
         });
         let trace_id = entry.trace.map(|(t, _)| t.to_string());
@@ -96,17 +98,24 @@ enum Inner {
         body: Incoming,
         /// Keeps the endpoint counted as outstanding (p2c) until the body is done or dropped.
         _in_flight: InFlight,
+        /// The upstream's `body_timeout`: the longest wait for its next frame.
+        idle: Duration,
+        /// Armed while waiting for a frame (created on the first wait only).
+        stall: Option<Pin<Box<tokio::time::Sleep>>>,
     },
     /// Made by hoptrace; `None` once sent.
     Local(Option<Bytes>),
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, in_flight: InFlight) -> ResponseBody {
+    /// An upstream's body; a wait of more than `idle` for its next frame aborts it.
+    pub fn upstream(body: Incoming, in_flight: InFlight, idle: Duration) -> ResponseBody {
         ResponseBody {
             inner: Inner::Upstream {
                 body,
                 _in_flight: in_flight,
+                idle,
+                stall: None,
             },
             spans: None,
             done: None,
@@ -176,17 +185,46 @@ impl Drop for ResponseBody {
     }
 }
 
+/// The upstream's body failed, or stalled past `body_timeout`.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Upstream(#[from] hyper::Error),
+    #[error("upstream body stalled for more than {0:?}")]
+    Stalled(Duration),
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
-            Inner::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Inner::Upstream {
+                body, idle, stall, ..
+            } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    *stall = None;
+                    Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
+                }
+                Poll::Pending => {
+                    let deadline = tokio::time::Instant::now() + *idle;
+                    let timer =
+                        stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            let idle = *idle;
+                            this.finish(Outcome::UpstreamStalled);
+                            return Poll::Ready(Some(Err(BodyError::Stalled(idle))));
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            },
             Inner::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         if let Poll::Ready(Some(Ok(frame))) = &polled {

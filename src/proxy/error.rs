@@ -12,6 +12,8 @@
 //! | TLS handshake with the upstream failed | 502 | `tls` |
 //! | no response headers within `request_timeout` | 504 | `timeout` |
 //! | reset / closed before response headers | 502 | `upstream_reset` |
+//! | request body over `max_request_body` | 413 | `request_body_too_large` |
+//! | client's body malformed or cut off before response headers | 400 | `bad_request` |
 //!
 //! Requests hyper rejects before they reach us get their status from hyper: malformed → 400,
 //! header section too large → 431.
@@ -60,6 +62,10 @@ pub enum ProxyError {
         endpoint: Endpoint,
         timeout: Duration,
     },
+    #[error("request body failed: {}", source_chain(.0.as_ref()))]
+    BadRequestBody(BoxError),
+    #[error("request body exceeds max_request_body ({max} bytes)")]
+    BodyTooLarge { max: u64 },
     #[error("upstream {upstream} endpoint {endpoint}: failed before response headers: {}", source_chain(source.as_ref()))]
     Reset {
         upstream: Arc<str>,
@@ -73,7 +79,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::BadTarget(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadTarget(_) | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Tls { .. } | ProxyError::Reset { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -88,7 +95,10 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no_route",
-            ProxyError::ConnectMethod | ProxyError::BadTarget(_) => "bad_request",
+            ProxyError::ConnectMethod
+            | ProxyError::BadTarget(_)
+            | ProxyError::BadRequestBody(_) => "bad_request",
+            ProxyError::BodyTooLarge { .. } => "request_body_too_large",
             ProxyError::NoEndpoint { .. } => "no_healthy_upstream",
             ProxyError::Connect { .. } => "connect_error",
             ProxyError::Tls { .. } => "tls",
@@ -105,6 +115,8 @@ impl ProxyError {
             ProxyError::NoRoute => "hoptrace: no route for this request\n",
             ProxyError::ConnectMethod => "hoptrace: CONNECT is not supported\n",
             ProxyError::BadTarget(_) => "hoptrace: bad request target\n",
+            ProxyError::BadRequestBody(_) => "hoptrace: bad request body\n",
+            ProxyError::BodyTooLarge { .. } => "hoptrace: request body too large\n",
             ProxyError::NoEndpoint { .. } => "hoptrace: no upstream endpoint available\n",
             ProxyError::Connect { .. } => "hoptrace: upstream connection failed\n",
             ProxyError::Tls { .. } => "hoptrace: upstream TLS handshake failed\n",

@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -17,7 +18,10 @@ use super::error::{ProxyError, is_timeout, is_tls};
 use super::headers::{add_forwarded, is_upgrade_request, remove_hop_by_hop};
 use super::hop::Hop;
 use super::listener::{ConnInfo, ListenerCtx};
+use super::request_body::{BodyFault, RequestBody};
+use super::retry::{Replay, is_idempotent, retry_allowed};
 use super::route::{RequestInfo, host_without_port};
+use super::snapshot::RouteTarget;
 use super::upstream::{InFlight, Upstream};
 
 /// hyper's service entry point. Never fails: every error becomes a response.
@@ -58,10 +62,9 @@ pub async fn handle(
             if let Some(hop) = &hop {
                 hop.inject(req.headers_mut());
             }
-            let upstream = route.target.upstream.clone();
             forward(
                 conn,
-                upstream,
+                &route.target,
                 host_header,
                 req,
                 hop.as_mut(),
@@ -78,7 +81,11 @@ pub async fn handle(
             let trace_id = hop.as_ref().map(|h| h.trace_id().to_string());
             let trace_id = trace_id.as_deref().unwrap_or("");
             match &err {
-                ProxyError::NoRoute | ProxyError::ConnectMethod | ProxyError::BadTarget(_) => {
+                ProxyError::NoRoute
+                | ProxyError::ConnectMethod
+                | ProxyError::BadTarget(_)
+                | ProxyError::BodyTooLarge { .. }
+                | ProxyError::BadRequestBody(_) => {
                     info!(listener = %ctx.name, client = %conn.remote, %method, trace_id, error = %err, "request rejected")
                 }
                 _ => {
@@ -140,12 +147,13 @@ fn normalize_host(req: &mut Request<Incoming>) {
 
 async fn forward(
     conn: ConnInfo,
-    upstream: Arc<Upstream>,
+    target: &RouteTarget,
     host_header: Option<HeaderValue>,
     mut req: Request<Incoming>,
     mut hop: Option<&mut Hop>,
     picked: &mut Option<http::uri::Authority>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let upstream = &target.upstream;
     // A protocol switch (WebSocket) is relayed as a byte stream once both sides agree.
     let client_upgrade = (req.version() == Version::HTTP_11 && is_upgrade_request(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
@@ -153,68 +161,171 @@ async fn forward(
     let proto = if conn.tls { "https" } else { "http" };
     add_forwarded(req.headers_mut(), conn.remote.ip(), proto, host_header);
 
-    let in_flight = InFlight::pick(&upstream).ok_or_else(|| ProxyError::NoEndpoint {
-        upstream: upstream.name.clone(),
-    })?;
-    let endpoint = in_flight.endpoint().ok_or_else(|| ProxyError::NoEndpoint {
-        upstream: upstream.name.clone(),
-    })?;
-
-    *picked = Some(endpoint.authority.clone());
-    // Send to the chosen endpoint: the URI's authority selects the client's pool.
+    // A declared length over the limit is refused before anything is sent upstream; a
+    // chunked body is cut off when it passes the limit (`RequestBody`).
+    let max_body = target.max_request_body;
+    if let Some(max) = max_body {
+        if declared_length(req.headers()).is_some_and(|len| len > max) {
+            return Err(ProxyError::BodyTooLarge { max });
+        }
+    }
     let path = req
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *req.uri_mut() = Uri::builder()
-        .scheme(upstream.scheme())
-        .authority(endpoint.authority.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(ProxyError::BadTarget)?;
     let client_version = req.version();
     *req.version_mut() = upstream.version();
-    if let Some(hop) = hop.as_deref_mut() {
-        hop.attempt(&endpoint.authority, upstream.tls(), &mut req);
+    let policy = &upstream.config.retry;
+    // Only what is safe to send again is retried (RFC 9110 §9.2.2): an idempotent method and
+    // no body, so that nothing has to be buffered to replay it.
+    let replay = (policy.retries > 0
+        && is_idempotent(req.method())
+        && req.body().is_end_stream()
+        && client_upgrade.is_none())
+    .then(|| Replay::of(&req));
+    if policy.retries > 0 {
+        // Every request to the upstream earns budget, retryable or not.
+        upstream.retry_budget.deposit();
     }
-
-    let started = Instant::now();
-    let timeout = upstream.config.request_timeout;
-    let sent = tokio::time::timeout(timeout, upstream.client.request(req)).await;
-    let mut response = match sent {
-        Err(_elapsed) => {
-            return Err(ProxyError::Timeout {
-                upstream: upstream.name.clone(),
-                endpoint: endpoint.endpoint.clone(),
-                timeout,
-            });
+    let fault = BodyFault::default();
+    let mut first = Some(req.map(|body| RequestBody::incoming(body, max_body, &fault)));
+    let mut attempt: u32 = 0;
+    loop {
+        let in_flight = InFlight::pick(upstream).ok_or_else(|| ProxyError::NoEndpoint {
+            upstream: upstream.name.clone(),
+        })?;
+        let endpoint = in_flight.endpoint().ok_or_else(|| ProxyError::NoEndpoint {
+            upstream: upstream.name.clone(),
+        })?;
+        *picked = Some(endpoint.authority.clone());
+        let mut req = match (first.take(), &replay) {
+            (Some(req), _) => req,
+            (None, Some(replay)) => replay.request(),
+            // Unreachable: a second attempt is only made with a replay.
+            (None, None) => {
+                return Err(ProxyError::NoEndpoint {
+                    upstream: upstream.name.clone(),
+                });
+            }
+        };
+        // Send to the chosen endpoint: the URI's authority selects the client's pool.
+        *req.uri_mut() = Uri::builder()
+            .scheme(upstream.scheme())
+            .authority(endpoint.authority.clone())
+            .path_and_query(path.clone())
+            .build()
+            .map_err(ProxyError::BadTarget)?;
+        if let Some(hop) = hop.as_deref_mut() {
+            if attempt > 0 {
+                hop.inject(req.headers_mut());
+            }
+            hop.attempt(&endpoint.authority, upstream.tls(), &mut req);
         }
-        Ok(Err(err)) => return Err(upstream_error(&upstream, &in_flight, err)),
-        Ok(Ok(response)) => response,
-    };
-    endpoint.record_success(started.elapsed());
-    if let Some(hop) = hop {
-        hop.attempt_response(response.status().as_u16());
-    }
 
+        let started = Instant::now();
+        let timeout = upstream.config.request_timeout;
+        let sent = tokio::time::timeout(timeout, upstream.client.request(req)).await;
+        let may_retry = replay.is_some() && attempt < policy.retries;
+        let response = match sent {
+            Err(_elapsed) => {
+                return Err(ProxyError::Timeout {
+                    upstream: upstream.name.clone(),
+                    endpoint: endpoint.endpoint.clone(),
+                    timeout,
+                });
+            }
+            Ok(Err(_)) if fault.too_large() => {
+                return Err(ProxyError::BodyTooLarge {
+                    max: max_body.unwrap_or(0),
+                });
+            }
+            Ok(Err(err)) if fault.client_failed() => {
+                return Err(ProxyError::BadRequestBody(err.into()));
+            }
+            Ok(Err(err)) => {
+                let err = upstream_error(upstream, &in_flight, err);
+                let connect_failed = matches!(
+                    err,
+                    ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
+                );
+                if !(may_retry && connect_failed && retry_allowed(upstream)) {
+                    return Err(err);
+                }
+                debug!(error = %err, attempt, "retrying after a connection failure");
+                if let Some(hop) = hop.as_deref_mut() {
+                    hop.retrying(Some(err.kind()));
+                }
+                attempt += 1;
+                continue;
+            }
+            Ok(Ok(response)) => response,
+        };
+        endpoint.record_success(started.elapsed());
+        let status = response.status();
+        if let Some(hop) = hop.as_deref_mut() {
+            hop.attempt_response(status.as_u16());
+        }
+        if may_retry && policy.retry_on.contains(&status.as_u16()) && retry_allowed(upstream) {
+            debug!(
+                status = status.as_u16(),
+                attempt, "retrying after a retry_on status"
+            );
+            if let Some(hop) = hop.as_deref_mut() {
+                hop.retrying(None);
+            }
+            // The unread body goes with the response: hyper closes that connection rather
+            // than return it to the pool half-read.
+            drop(response);
+            drop(in_flight);
+            attempt += 1;
+            continue;
+        }
+        return Ok(respond(
+            response,
+            client_upgrade,
+            client_version,
+            in_flight,
+            upstream.config.body_timeout,
+        ));
+    }
+}
+
+/// The request's `Content-Length`, when it has exactly one valid one (hyper has already
+/// rejected requests with conflicting ones).
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The upstream's response as the client gets it: a protocol switch becomes a tunnel, other
+/// responses stream their body back in the client's protocol.
+fn respond(
+    mut response: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    client_version: Version,
+    in_flight: InFlight,
+    body_timeout: std::time::Duration,
+) -> Response<ResponseBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             remove_hop_by_hop(response.headers_mut(), true);
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
             let (parts, _) = response.into_parts();
-            return Ok(Response::from_parts(parts, ResponseBody::empty()));
+            return Response::from_parts(parts, ResponseBody::empty());
         }
     }
     remove_hop_by_hop(response.headers_mut(), false);
     let (mut parts, body) = response.into_parts();
     // Answer in the client's protocol, whatever the upstream spoke.
     parts.version = client_version;
-    Ok(Response::from_parts(
-        parts,
-        ResponseBody::upstream(body, in_flight),
-    ))
+    Response::from_parts(parts, ResponseBody::upstream(body, in_flight, body_timeout))
 }
 
 /// Classifies a client error. A refused or timed-out connect puts the endpoint in back-off.

@@ -60,6 +60,8 @@ pub struct Hop {
     recording: Option<Box<Recording>>,
     /// Stitching: this inbound request in the registry, or the call attributed to one.
     tracked: Option<Tracked>,
+    /// Attempts before the current one (`http.request.resend_count`).
+    resend_count: u32,
 }
 
 /// Only for sampled requests with an enabled sink.
@@ -301,6 +303,7 @@ impl Hop {
             config: snapshot.config.clone(),
             recording,
             tracked,
+            resend_count: 0,
         })
     }
 
@@ -339,7 +342,7 @@ impl Hop {
     }
 
     /// An upstream attempt begins (CLIENT span start) on `peer`, over TLS if `tls`.
-    pub fn attempt(&mut self, peer: &Authority, tls: bool, req: &mut Request<Incoming>) {
+    pub fn attempt<B>(&mut self, peer: &Authority, tls: bool, req: &mut Request<B>) {
         let Some(rec) = self.recording.as_mut() else {
             return;
         };
@@ -361,6 +364,7 @@ impl Hop {
         // `url.full` and `network.protocol.version` say how the request went out.
         client.scheme = if tls { "https" } else { "http" };
         client.version = req.version();
+        client.resend_count = self.resend_count;
         rec.client = Some(client);
         rec.client_started = Some(now);
         rec.capture = Some(capture_connection(req));
@@ -391,6 +395,26 @@ impl Hop {
                 }
             });
         }
+    }
+
+    /// The current attempt is given up for a retry: its CLIENT span ends now, with
+    /// `error_type` when it failed without a response. The next `attempt` records a new CLIENT
+    /// span with its own span id (call `inject` again so the upstream sees it as parent).
+    pub fn retrying(&mut self, error_type: Option<&'static str>) {
+        self.resend_count = self.resend_count.saturating_add(1);
+        if self.client_id.is_some() {
+            self.client_id = Some(SpanId::random());
+        }
+        let Some(rec) = self.recording.as_mut() else {
+            return;
+        };
+        if let Some(mut client) = rec.client.take() {
+            let now = Instant::now();
+            client.duration = now.duration_since(rec.client_started.unwrap_or(rec.started));
+            client.error_type = client.error_type.or(error_type);
+            rec.sink.try_send(client);
+        }
+        rec.capture = None;
     }
 
     /// The request failed with `err` (before any upstream response).

@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use super::forward;
@@ -37,6 +37,8 @@ pub struct ListenerCtx {
     /// The process's in-flight registry: inbound listeners fill it, outbound ones ask it
     /// for the parent of a call without trace context.
     pub stitch: Arc<crate::stitch::Stitcher>,
+    /// Connections closed at once because `max_connections` were open.
+    pub rejected_connections: prometheus_client::metrics::counter::Counter,
 }
 
 /// The connection a request arrived on.
@@ -67,19 +69,34 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        // hyper answers 431 when the header section does not fit.
-        .max_buf_size(config.max_header_bytes);
+        // hyper answers 431 when the header section does not fit, or has too many fields.
+        .max_buf_size(config.max_header_bytes)
+        .max_headers(config.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    // `max_connections`: one permit per open connection. Beyond the limit a connection is
+    // accepted and closed at once, so the client fails fast instead of waiting in the
+    // kernel's backlog.
+    let permits = config.max_connections.map(|n| Arc::new(Semaphore::new(n)));
 
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    let permit = match permits.as_ref().map(|p| p.clone().try_acquire_owned()) {
+                        Some(Err(_)) => {
+                            ctx.rejected_connections.inc();
+                            debug!(listener = %ctx.name, client = %remote, "max_connections open; closing");
+                            drop(stream);
+                            continue;
+                        }
+                        Some(Ok(permit)) => Some(permit),
+                        None => None,
+                    };
                     let local = stream.local_addr().unwrap_or(config.bind);
                     if let Err(err) = stream.set_nodelay(true) {
                         debug!(error = %err, "set_nodelay failed");
@@ -112,6 +129,7 @@ pub async fn serve(
                             debug!(client = %remote, error = %err, "connection ended with an error");
                         }
                         open.dec();
+                        drop(permit);
                     });
                 }
                 Err(err) => {

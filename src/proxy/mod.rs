@@ -25,6 +25,8 @@ mod forward;
 mod headers;
 mod hop;
 mod listener;
+mod request_body;
+mod retry;
 pub mod route;
 mod snapshot;
 mod upstream;

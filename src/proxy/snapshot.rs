@@ -18,6 +18,8 @@ use crate::tls::TlsError;
 pub struct RouteTarget {
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    /// The route's `max_request_body`.
+    pub max_request_body: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -58,7 +60,12 @@ impl Snapshot {
                     .cloned();
                 let upstream = match reused {
                     Some(upstream) => upstream,
-                    None => Arc::new(Upstream::new(name, def, metrics.upstream(name))?),
+                    None => Arc::new(Upstream::new(
+                        name,
+                        def,
+                        metrics.upstream(name),
+                        metrics.retries(name),
+                    )?),
                 };
                 Ok((name.clone(), upstream))
             })
@@ -88,7 +95,12 @@ impl Snapshot {
                                 tracing: r.tracing,
                                 sampling_ratio: r.sampling_ratio,
                             };
-                            Some((spec, RouteTarget { upstream, metrics }))
+                            let target = RouteTarget {
+                                upstream,
+                                metrics,
+                                max_request_body: r.max_request_body,
+                            };
+                            Some((spec, target))
                         }),
                 )
             })

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
@@ -18,10 +17,12 @@ use crate::tls::TlsError;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balance::{Balancer, EndpointState};
+use super::request_body::RequestBody;
+use super::retry::RetryBudget;
 use crate::config::{Protocol, UpstreamConfig};
-use crate::metrics::ConnectMetrics;
+use crate::metrics::{ConnectMetrics, RetryMetrics};
 
-pub type UpstreamClient = Client<TaggingConnector, Incoming>;
+pub type UpstreamClient = Client<TaggingConnector, RequestBody>;
 
 #[derive(Debug)]
 pub struct Upstream {
@@ -29,6 +30,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub client: UpstreamClient,
     pub balancer: Balancer,
+    pub retry_budget: RetryBudget,
+    pub retry_metrics: RetryMetrics,
 }
 
 impl Upstream {
@@ -38,6 +41,7 @@ impl Upstream {
         name: &str,
         config: &UpstreamConfig,
         metrics: ConnectMetrics,
+        retry_metrics: RetryMetrics,
     ) -> Result<Upstream, TlsError> {
         let tls =
             match &config.tls {
@@ -81,6 +85,8 @@ impl Upstream {
             config: config.clone(),
             client,
             balancer: Balancer::new(config.balance, endpoints),
+            retry_budget: RetryBudget::new(&config.retry),
+            retry_metrics,
         })
     }
 

@@ -11,6 +11,14 @@ use super::context::{ContextError, trim_ows};
 /// §3.3.1.1: a list holds at most 32 list-members.
 pub const MAX_MEMBERS: usize = 32;
 
+/// §3.3.1.5: vendors should propagate at least 512 characters of the combined header; a
+/// longer list is cut to this length (see `truncate`), which also bounds what a client can
+/// make every span of its trace carry.
+pub const MAX_LEN: usize = 512;
+
+/// §3.3.1.5: when cutting, list-members longer than this go first.
+pub const LARGE_MEMBER: usize = 128;
+
 /// A validated `tracestate`: all `tracestate` header lines combined in order (joined by ","),
 /// passed on unchanged.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -33,10 +41,7 @@ impl TraceState {
             Some(line) => header_value(Bytes::copy_from_slice(trim_ows(line)))?,
             None => join(values.iter().copied())?,
         };
-        Ok(Some(TraceState {
-            value,
-            members: summary.members,
-        }))
+        Ok(TraceState::limited(value, summary.members))
     }
 
     /// Like [`TraceState::parse`], for the lines of a `HeaderMap`. When one line carries all
@@ -52,10 +57,16 @@ impl TraceState {
             Some(line) => line.clone(),
             None => join(values.iter().map(HeaderValue::as_bytes))?,
         };
-        Ok(Some(TraceState {
-            value,
-            members: summary.members,
-        }))
+        Ok(TraceState::limited(value, summary.members))
+    }
+
+    /// The validated list, cut to `MAX_LEN` if longer; `None` if nothing is left.
+    fn limited(value: HeaderValue, members: usize) -> Option<TraceState> {
+        if value.len() <= MAX_LEN {
+            return Some(TraceState { value, members });
+        }
+        let (value, members) = truncate(value.as_bytes())?;
+        Some(TraceState { value, members })
     }
 
     pub fn header_value(&self) -> &HeaderValue {
@@ -180,6 +191,35 @@ fn valid_value(value: &[u8]) -> bool {
         [.., last] => value.len() <= 256 && *last != b' ' && value.iter().all(|&c| chr(c)),
         [] => false,
     }
+}
+
+/// §3.3.1.5: cuts a validated list longer than `MAX_LEN`: list-members longer than
+/// `LARGE_MEMBER` are removed first, then members from the end until the rest fits. Empty
+/// members and the OWS around members are dropped in the result. Linear in the input.
+fn truncate(list: &[u8]) -> Option<(HeaderValue, usize)> {
+    let mut out = Vec::with_capacity(MAX_LEN);
+    let mut members = 0;
+    let kept = list
+        .split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|m| !m.is_empty() && m.len() <= LARGE_MEMBER);
+    for member in kept {
+        let needed = member.len() + usize::from(!out.is_empty());
+        if out.len() + needed > MAX_LEN {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(member);
+        members += 1;
+    }
+    if members == 0 {
+        return None;
+    }
+    header_value(Bytes::from(out))
+        .ok()
+        .map(|value| (value, members))
 }
 
 /// Joins the OWS-trimmed lines that carry members with ",", in order.

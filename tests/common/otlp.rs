@@ -188,6 +188,10 @@ impl TraceService for Grpc {
     }
 }
 
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
 impl Receiver {
     /// A plain-text receiver: `http://127.0.0.1:PORT` URLs.
     pub async fn start() -> Receiver {
@@ -203,17 +207,27 @@ impl Receiver {
     /// Like [`Receiver::start_tls`], and both servers require a client certificate signed by
     /// `client_ca_pem` (a client without one fails the handshake).
     pub async fn start_mtls(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Receiver {
-        Receiver::start_full(Some((cert_pem, key_pem)), Some(client_ca_pem)).await
+        Receiver::start_full(Some((cert_pem, key_pem)), Some(client_ca_pem), any_port()).await
+    }
+
+    /// A plain-text receiver whose gRPC server listens on `grpc_addr` (e.g. where a collector
+    /// that was down used to be).
+    pub async fn start_at(grpc_addr: SocketAddr) -> Receiver {
+        Receiver::start_full(None, None, grpc_addr).await
     }
 
     async fn start_with(tls: Option<(&str, &str)>) -> Receiver {
-        Receiver::start_full(tls, None).await
+        Receiver::start_full(tls, None, any_port()).await
     }
 
-    async fn start_full(tls: Option<(&str, &str)>, client_ca: Option<&str>) -> Receiver {
+    async fn start_full(
+        tls: Option<(&str, &str)>,
+        client_ca: Option<&str>,
+        grpc_addr: SocketAddr,
+    ) -> Receiver {
         let state = Arc::new(State::default());
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(grpc_addr).await.unwrap();
         let grpc_addr = listener.local_addr().unwrap();
         let service = TraceServiceServer::new(Grpc(state.clone()))
             .accept_compressed(CompressionEncoding::Gzip);

@@ -61,6 +61,8 @@ fn the_view_uses_the_toml_names_and_masks_secrets() {
             "max_header_bytes": 65536,
             "tls": null,
             "trace": {"incoming": "continue"},
+            "max_headers": 100,
+            "max_connections": null,
         })
     );
     assert_eq!(v["listeners"][2]["trace"]["incoming"], "restart");
@@ -84,6 +86,7 @@ fn the_view_uses_the_toml_names_and_masks_secrets() {
             "upstream": "payments-canary",
             "tracing": true,
             "sampling_ratio": null,
+            "max_request_body": null,
         })
     );
     assert_eq!(
@@ -94,10 +97,15 @@ fn the_view_uses_the_toml_names_and_masks_secrets() {
             "balance": "p2c",
             "connect_timeout": "250ms",
             "request_timeout": "5s",
+            "body_timeout": "1m",
             "idle_timeout": "1m 30s",
             "max_idle_per_endpoint": 32,
             "failure_backoff": "5s",
             "tls": null,
+            "retries": 1,
+            "retry_on": [503],
+            "retry_budget": 0.2,
+            "retry_budget_min_per_second": 10,
         })
     );
     assert_eq!(

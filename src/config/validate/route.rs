@@ -88,6 +88,12 @@ impl Check<'_> {
         });
         let tracing = f.tracing.as_ref().is_none_or(|b| *b.get_ref());
         let sampling_ratio = self.ratio(path, "sampling_ratio", f.sampling_ratio.as_ref());
+        let max_request_body = self.optional(
+            path,
+            "max_request_body",
+            &f.max_request_body,
+            value::byte_size,
+        );
         Some(RouteConfig {
             name: name?,
             listener: listener?,
@@ -98,6 +104,7 @@ impl Check<'_> {
             upstream: upstream?,
             tracing,
             sampling_ratio: sampling_ratio?,
+            max_request_body: max_request_body?,
         })
     }
 

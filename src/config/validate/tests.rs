@@ -147,11 +147,12 @@ fn unknown_keys_list_the_allowed_ones() {
         errors(&text),
         [
             "upstreams.app.bogus: unknown key; expected one of: endpoints, protocol, balance, \
-             connect_timeout, request_timeout, idle_timeout, max_idle_per_endpoint, \
-             failure_backoff, tls (line 16)",
+             connect_timeout, request_timeout, body_timeout, idle_timeout, \
+             max_idle_per_endpoint, failure_backoff, tls, retries, retry_on, retry_budget, \
+             retry_budget_min_per_second (line 16)",
             "routes[1].upstream: missing required key (line 17)",
             "routes[1].upsteam: unknown key; expected one of: name, listener, host, path_prefix, \
-             methods, headers, upstream, tracing, sampling_ratio (line 19)",
+             methods, headers, upstream, tracing, sampling_ratio, max_request_body (line 19)",
             "metrics: unknown key; expected one of: service, admin, shutdown, access_log, listeners, routes, \
              upstreams, tracing, stitching (line 20)",
         ]
@@ -317,7 +318,7 @@ endpoints = "127.0.0.1:8080"
         errors(text),
         [
             "routes[0].upsteam: unknown key; expected one of: name, listener, host, path_prefix, \
-             methods, headers, upstream, tracing, sampling_ratio (line 12)",
+             methods, headers, upstream, tracing, sampling_ratio, max_request_body (line 12)",
             "routes[1].upstream: \"pay\" is not defined (line 17)",
             "upstreams.app.endpoints: invalid type: string \"127.0.0.1:8080\", expected a \
              sequence (line 20)",

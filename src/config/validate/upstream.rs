@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{BALANCES, Check, PROTOCOLS, value};
 use crate::config::raw::{self, Table};
-use crate::config::{Balance, Endpoint, Protocol, UpstreamConfig};
+use crate::config::{Balance, Endpoint, Fraction, Protocol, RetryConfig, UpstreamConfig};
 
 impl Check<'_> {
     pub(super) fn upstream(
@@ -35,6 +35,13 @@ impl Check<'_> {
             secs(30),
             value::positive_duration,
         );
+        let body_timeout = self.or_default(
+            path,
+            "body_timeout",
+            &f.body_timeout,
+            secs(60),
+            value::positive_duration,
+        );
         let idle_timeout = self.or_default(
             path,
             "idle_timeout",
@@ -56,16 +63,68 @@ impl Check<'_> {
             secs(5),
             value::duration,
         );
+        let retry = self.retry(path, t);
         Some(UpstreamConfig {
             endpoints: endpoints?,
             protocol: protocol?,
             balance: balance?,
             connect_timeout: connect_timeout?,
             request_timeout: request_timeout?,
+            body_timeout: body_timeout?,
             idle_timeout: idle_timeout?,
             max_idle_per_endpoint: max_idle_per_endpoint?,
             failure_backoff: failure_backoff?,
             tls: None,
+            retry: retry?,
+        })
+    }
+
+    /// `retries`, `retry_on`, `retry_budget`, `retry_budget_min_per_second`.
+    fn retry(&mut self, path: &str, t: &Table<raw::Upstream>) -> Option<RetryConfig> {
+        let f = &t.fields;
+        let d = RetryConfig::default();
+        let retries = self.int_or_default(path, "retries", &f.retries, 0, (0, 10));
+        let retry_on = match &f.retry_on {
+            None => Some(d.retry_on),
+            Some(list) => {
+                let mut statuses = Vec::new();
+                let mut ok = true;
+                for (i, code) in list.get_ref().iter().enumerate() {
+                    let n = *code.get_ref();
+                    let key = format!("{path}.retry_on[{i}]");
+                    match u16::try_from(n) {
+                        Ok(status) if (500..=599).contains(&status) || status == 429 => {
+                            if statuses.contains(&status) {
+                                self.error(key, &code.span(), format!("{status} is listed twice"));
+                                ok = false;
+                            }
+                            statuses.push(status);
+                        }
+                        _ => {
+                            let message = format!("must be 429 or a 5xx status code (got {n})");
+                            self.error(key, &code.span(), message);
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(statuses)
+            }
+        };
+        let budget_ratio = self
+            .ratio(path, "retry_budget", f.retry_budget.as_ref())
+            .map(|r| Fraction(r.unwrap_or(d.budget_ratio.0)));
+        let budget_min = self.int_or_default(
+            path,
+            "retry_budget_min_per_second",
+            &f.retry_budget_min_per_second,
+            d.budget_min_per_second as usize,
+            (0, 1_000_000),
+        );
+        Some(RetryConfig {
+            retries: u32::try_from(retries?).ok()?,
+            retry_on: retry_on?,
+            budget_ratio: budget_ratio?,
+            budget_min_per_second: u32::try_from(budget_min?).ok()?,
         })
     }
 

@@ -19,6 +19,36 @@ pub(super) fn positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A size in bytes: a plain number of bytes, or a number with a unit: `KiB`, `MiB`, `GiB`
+/// (powers of 1024) or `kB`, `MB`, `GB` (powers of 1000), e.g. `"1MiB"`, `"64 KiB"`.
+pub(super) fn byte_size(s: &str) -> Result<u64, String> {
+    const UNITS: &[(&str, u64)] = &[
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("kB", 1_000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("B", 1),
+    ];
+    let bad =
+        || format!("invalid size {s:?} (expected e.g. \"512KiB\", \"1MiB\", \"10MB\", \"4096\")");
+    let text = s.trim();
+    let (number, multiplier) = UNITS
+        .iter()
+        .find_map(|(unit, m)| text.strip_suffix(unit).map(|n| (n.trim_end(), *m)))
+        .unwrap_or((text, 1));
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let bytes = n.checked_mul(multiplier).ok_or_else(bad)?;
+    if bytes == 0 {
+        return Err(format!("must be greater than 0 (got {s:?})"));
+    }
+    Ok(bytes)
+}
+
 pub(super) fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("invalid socket address {s:?} (expected ip:port)"))
@@ -232,6 +262,32 @@ pub(super) fn path_prefix(s: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(byte_size("4096"), Ok(4096));
+        assert_eq!(byte_size("512KiB"), Ok(512 << 10));
+        assert_eq!(byte_size("1 MiB"), Ok(1 << 20));
+        assert_eq!(byte_size("2GiB"), Ok(2 << 30));
+        assert_eq!(byte_size("10kB"), Ok(10_000));
+        assert_eq!(byte_size("10MB"), Ok(10_000_000));
+        assert_eq!(byte_size("7B"), Ok(7));
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "1 MeB",
+            "1mib",
+            "99999999999999999999GiB",
+        ] {
+            assert!(byte_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            byte_size("0KiB"),
+            Err("must be greater than 0 (got \"0KiB\")".into())
+        );
+    }
+
     use super::*;
 
     #[test]

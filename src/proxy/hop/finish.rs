@@ -13,6 +13,8 @@ pub enum Outcome {
     Complete,
     /// The upstream's body failed mid-stream.
     UpstreamFailed,
+    /// The upstream's body sent nothing for `body_timeout`.
+    UpstreamStalled,
     /// The client went away before the body was complete.
     ClientGone,
 }
@@ -40,6 +42,7 @@ impl SpanFinish {
         let error = match outcome {
             Outcome::Complete => None,
             Outcome::UpstreamFailed => Some("upstream_reset"),
+            Outcome::UpstreamStalled => Some("timeout"),
             Outcome::ClientGone => Some("client_closed"),
         };
         let mut spans: [Option<SpanRecord>; 2] = [None, None];

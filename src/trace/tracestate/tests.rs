@@ -57,6 +57,54 @@ fn empty_members_are_skipped() {
 }
 
 #[test]
+fn a_list_over_512_characters_is_cut_per_spec() {
+    // §3.3.1.5: members over 128 characters go first, then members from the end.
+    let big = format!("big={}", "x".repeat(200));
+    let small: Vec<String> = (0..30)
+        .map(|i| format!("k{i:02}={}", "v".repeat(20)))
+        .collect();
+    let line = format!("{},{big},{}", small[..2].join(","), small[2..].join(","));
+    assert!(line.len() > MAX_LEN);
+    let ts = valid(&line);
+    assert!(ts.as_bytes().len() <= MAX_LEN);
+    // 24-character members joined by ',': 20 of them fit in 512 (20*24 + 19 = 499).
+    assert_eq!(ts.len(), 20);
+    assert_eq!(ts.as_bytes(), small[..20].join(",").as_bytes());
+    assert!(!ts.as_bytes().windows(4).any(|w| w == b"big="));
+
+    // Spread over lines, the same rule applies to the combined list.
+    let lines: Vec<&[u8]> = small.iter().map(|m| m.as_bytes()).collect();
+    let ts = TraceState::parse(&lines).unwrap().unwrap();
+    assert_eq!(ts.as_bytes(), small[..20].join(",").as_bytes());
+
+    // Only large members: nothing is left, as if there were no tracestate.
+    let large: Vec<String> = (0..5)
+        .map(|i| format!("l{i}={}", "y".repeat(140)))
+        .collect();
+    assert_eq!(one(&large.join(",")), Ok(None));
+
+    // Exactly 512 is kept whole, as received.
+    let exact = format!("k0={}, k1={}", "z".repeat(249), "z".repeat(255));
+    assert_eq!(exact.len(), MAX_LEN);
+    assert_eq!(valid(&exact).as_bytes(), exact.as_bytes());
+}
+
+#[test]
+fn huge_lists_are_parsed_in_one_pass_without_panicking() {
+    // A megabyte of members (far over 32): rejected, not scanned quadratically.
+    let huge: Vec<String> = (0..100_000).map(|i| format!("k{i}=v")).collect();
+    assert_eq!(one(&huge.join(",")), Err(ContextError::TooManyMembers));
+    assert_eq!(
+        one(&"a=b,".repeat(250_000)),
+        Err(ContextError::DuplicateKey)
+    );
+    // A megabyte of empty members and whitespace: no members at all.
+    assert_eq!(one(&", \t".repeat(300_000)), Ok(None));
+    // One member with a megabyte-long value: invalid (values are at most 256 characters).
+    assert!(one(&format!("k={}", "v".repeat(1 << 20))).is_err());
+}
+
+#[test]
 fn thirty_two_members_is_the_limit() {
     let members: Vec<String> = (0..33).map(|i| format!("k{i}=v{i}")).collect();
     let ok = members[..32].join(",");
@@ -260,6 +308,41 @@ proptest! {
             // A valid combined value re-parses to the same list.
             let again = TraceState::parse(&[ts.as_bytes()]).unwrap().unwrap();
             prop_assert_eq!(again.len(), ts.len());
+        }
+    }
+
+    #[test]
+    fn long_lists_are_cut_to_a_prefix_of_the_small_members(
+        lengths in proptest::collection::vec(1usize..250, 1..32)
+    ) {
+        // Distinct keys k0, k1, ...; member i's value has the length drawn for it.
+        let list: Vec<String> = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, len)| format!("k{i}={}", "v".repeat(*len)))
+            .collect();
+        let line = list.join(",");
+        let ts = TraceState::parse(&[line.as_bytes()]).unwrap();
+        let kept = ts.as_ref().map_or(&b""[..], TraceState::as_bytes);
+        prop_assert!(kept.len() <= MAX_LEN);
+        if line.len() <= MAX_LEN {
+            prop_assert_eq!(kept, line.as_bytes());
+        } else {
+            // §3.3.1.5: large members dropped, then the list cut from the end: the result is
+            // the longest prefix of the small members that fits.
+            let small: Vec<&String> = list.iter().filter(|m| m.len() <= LARGE_MEMBER).collect();
+            let mut expected = String::new();
+            for m in small {
+                let extra = m.len() + usize::from(!expected.is_empty());
+                if expected.len() + extra > MAX_LEN {
+                    break;
+                }
+                if !expected.is_empty() {
+                    expected.push(',');
+                }
+                expected.push_str(m);
+            }
+            prop_assert_eq!(kept, expected.as_bytes());
         }
     }
 }

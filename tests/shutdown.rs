@@ -1,0 +1,177 @@
+//! SIGTERM under load, on the real binary: every request that reached the proxy before the
+//! signal is answered, and every span of an answered request reaches the collector.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use common::otlp::Receiver;
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hoptrace");
+const CLIENTS: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_no_started_request_and_no_span() {
+    let receiver = Receiver::start().await;
+    // The upstream answers at once until `hold` is set; then it keeps every request waiting
+    // until `release`, so the signal lands while CLIENTS requests are in flight.
+    let hold = Arc::new(AtomicBool::new(false));
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let release = Gate::default();
+    let (h, w, r) = (hold.clone(), waiting.clone(), release.clone());
+    let upstream = serve(move |_req| {
+        let (hold, waiting, release) = (h.clone(), w.clone(), r.clone());
+        async move {
+            if hold.load(Ordering::SeqCst) {
+                let released = release.notified();
+                waiting.fetch_add(1, Ordering::SeqCst);
+                released.await;
+            }
+            text(200, "ok")
+        }
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[service]
+name = "shutdown"
+[admin]
+bind = "127.0.0.1:0"
+[shutdown]
+grace = "20s"
+[tracing]
+batch_delay = "1s"
+[tracing.otlp]
+protocol = "grpc"
+endpoint = "{}"
+[[listeners]]
+name = "main"
+bind = "127.0.0.1:0"
+role = "inbound"
+[[routes]]
+listener = "main"
+upstream = "app"
+[upstreams.app]
+endpoints = ["{}"]
+"#,
+            receiver.grpc_url(),
+            upstream.addr
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str(&line) {
+                let _ = tx.send(event);
+            }
+        }
+    });
+    let addr: SocketAddr = loop {
+        let event = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no listener");
+        if event["message"] == "listening" {
+            break event["addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+
+    // Phase 1: CLIENTS clients, each sending requests one after another on its own
+    // keep-alive connection, 25 each.
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let ok = ok.clone();
+        clients.push(tokio::spawn(async move {
+            let client = http1_client();
+            for _ in 0..25 {
+                let response = get(&client, format!("http://{addr}/load")).await;
+                assert_eq!(response.status(), 200);
+                body_string(response).await;
+                ok.fetch_add(1, Ordering::SeqCst);
+            }
+            client
+        }));
+    }
+    let mut kept = Vec::new();
+    for c in clients {
+        kept.push(c.await.unwrap());
+    }
+    assert_eq!(ok.load(Ordering::SeqCst), CLIENTS * 25);
+
+    // Phase 2: CLIENTS more requests held in flight at the upstream, then SIGTERM.
+    hold.store(true, Ordering::SeqCst);
+    let mut in_flight = Vec::new();
+    for client in kept {
+        in_flight.push(tokio::spawn(async move {
+            let response = get(&client, format!("http://{addr}/in-flight")).await;
+            (response.status(), body_string(response).await)
+        }));
+    }
+    wait_until(
+        "every request is in flight",
+        Duration::from_secs(10),
+        || {
+            let waiting = waiting.clone();
+            async move { waiting.load(Ordering::SeqCst) == CLIENTS }
+        },
+    )
+    .await;
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    loop {
+        let event = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no drain log");
+        if event["message"] == "stopped accepting; draining" {
+            break;
+        }
+    }
+    // New connections are refused now; the requests in flight still finish.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    release.notify_waiters();
+    for task in in_flight {
+        assert_eq!(
+            task.await.unwrap(),
+            (http::StatusCode::OK, "ok".to_string())
+        );
+    }
+
+    // The process exits 0 after flushing: every answered request's span was exported,
+    // although the batch delay (1 s) had not passed for the last ones.
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let total = CLIENTS * 26;
+    let spans = receiver.wait_for_spans(total).await;
+    assert_eq!(spans.len(), total);
+    assert_eq!(
+        spans
+            .iter()
+            .filter(|s| s.attr_str("url.path") == Some("/in-flight"))
+            .count(),
+        CLIENTS
+    );
+}
