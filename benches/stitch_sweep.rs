@@ -65,6 +65,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // `cargo test --all-targets` builds and runs bench targets too (without `--bench`): the
+    // sweep takes minutes and belongs to `cargo bench`, so the test run only checks it builds.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("stitch_sweep: run with `cargo bench --bench stitch_sweep`");
+        return;
+    }
     let requests: usize = std::env::var("STITCH_SWEEP_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -38,3 +38,8 @@ fn tracestate_corpus() {
 fn config_corpus() {
     replay("config", checks::config);
 }
+
+#[test]
+fn propagation_corpus() {
+    replay("propagation", checks::propagation);
+}

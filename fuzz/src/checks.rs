@@ -56,3 +56,66 @@ pub fn config(data: &[u8]) {
         assert!(errors.iter().all(|e| !e.to_string().is_empty()));
     }
 }
+
+/// The B3 (single and multi header), Jaeger and X-Ray parsers on arbitrary bytes, and the
+/// request-level extract over all five formats with the input split on `\n` into the
+/// formats' headers: never panics; a context that extracts, injected alone in each format
+/// and extracted again by that format, keeps its trace id and span id.
+pub fn propagation(data: &[u8]) {
+    use hoptrace::trace::propagation::{
+        self as p, B3, Format, Outgoing, UBER_TRACE_ID, X_AMZN_TRACE_ID, X_B3_FLAGS,
+        X_B3_PARENTSPANID, X_B3_SAMPLED, X_B3_SPANID, X_B3_TRACEID, b3, jaeger, xray,
+    };
+    let _ = b3::parse_single(data);
+    let _ = jaeger::parse(data);
+    let _ = xray::parse(data);
+
+    let names = [
+        B3,
+        X_B3_TRACEID,
+        X_B3_SPANID,
+        X_B3_SAMPLED,
+        X_B3_FLAGS,
+        X_B3_PARENTSPANID,
+        UBER_TRACE_ID,
+        X_AMZN_TRACE_ID,
+        TRACEPARENT,
+    ];
+    let mut headers = HeaderMap::new();
+    for (name, part) in names.iter().zip(data.split(|&b| b == b'\n')) {
+        if let Ok(value) = HeaderValue::from_bytes(part) {
+            headers.append(name.clone(), value);
+        }
+    }
+    let all = [
+        Format::TraceContext,
+        Format::B3,
+        Format::B3Multi,
+        Format::Jaeger,
+        Format::XRay,
+    ];
+    let incoming = p::extract(&headers, all);
+    let Some(remote) = incoming.remote else {
+        return;
+    };
+    let Some(span_id) = remote.span_id else {
+        return;
+    };
+    for format in all {
+        let out = Outgoing {
+            trace_id: remote.trace_id,
+            span_id,
+            flags: remote.flags,
+            debug: remote.debug,
+            short_trace_id: remote.short_trace_id,
+            tracestate: None,
+            xray: None,
+        };
+        let mut written = HeaderMap::new();
+        p::inject(&mut written, [format], &out);
+        let again = p::extract(&written, [format]).remote;
+        let again = again.unwrap_or_else(|| panic!("{format:?}: injected context not read back"));
+        assert_eq!(again.trace_id, remote.trace_id, "{format:?}");
+        assert_eq!(again.span_id, Some(span_id), "{format:?}");
+    }
+}
