@@ -26,9 +26,9 @@ use tokio::sync::watch;
 
 /// Copy `traceparent` / `tracestate` from the inbound request onto the outbound calls.
 ///
-/// hoptrace cannot yet tell which inbound request an outbound call belongs to (issue 10), so
-/// today an app must copy these two headers itself, as Linkerd and Istio also require. Set
-/// this to `false` once hoptrace attributes outbound calls on its own.
+/// hoptrace's stitching attributes calls without context, but the demo starts at full
+/// concurrency before the model has learned anything, so most calls would only be linked
+/// (README, "The demo"). Set this to `false` to see stitching alone.
 pub const COPY_TRACE_CONTEXT: bool = true;
 
 /// The W3C trace-context headers an app forwards (W3C Trace Context §3).
