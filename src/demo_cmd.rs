@@ -33,19 +33,26 @@ async fn stop_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(requests: u64, concurrency: usize, exit_after_load: bool) -> anyhow::Result<ExitCode> {
+pub fn run(
+    requests: u64,
+    warmup: u64,
+    concurrency: usize,
+    exit_after_load: bool,
+) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let env = |k: &str| std::env::var(k).ok();
-        let demo = Demo::start(&env, requests as usize).await?;
+        // Three traces per request at most: a linked call starts a trace of its own.
+        let demo = Demo::start(&env, 3 * requests as usize).await?;
         let export = hoptrace::demo::config::exports(&env);
         println!(
             "hoptrace demo: hub, fizzer and buzzer apps, each behind its own hoptrace sidecar"
         );
+        let warmup = warmup.min(requests);
         println!(
-            "sending {requests} requests (GET /fizzbuzz/1..{requests}), {concurrency} at a time, to http://{}",
+            "sending {requests} requests (GET /fizzbuzz/1..{requests}) to http://{}: the first {warmup} one at a time, then {concurrency} at a time",
             demo.hub_addr()
         );
-        let load = demo.drive(requests, concurrency).await;
+        let load = demo.drive(requests, warmup, concurrency).await;
         println!("answers: {} ok, {} failed", load.ok, load.failed);
         if let Some(failure) = &load.first_failure {
             println!("first failure: {failure}");
@@ -57,7 +64,7 @@ pub fn run(requests: u64, concurrency: usize, exit_after_load: bool) -> anyhow::
             report.traces
         );
         print!("{report}");
-        if requests as usize > MAX_KEPT_TRACES {
+        if 3 * requests as usize > MAX_KEPT_TRACES {
             println!("(only the last {MAX_KEPT_TRACES} traces are kept for the table)");
         }
         println!();

@@ -65,7 +65,9 @@ enum Command {
     /// bounded load, then a per-hop latency table from the recorded spans.
     ///
     /// A hub app answers GET /fizzbuzz/{n} by calling a fizzer and a buzzer app (slow for
-    /// multiples of 7) through its sidecar's outbound listener, used as HTTP_PROXY. After the
+    /// multiples of 7) through its sidecar's outbound listener, used as HTTP_PROXY. The apps
+    /// forward no trace header: the hub sidecar joins each call to the request that caused
+    /// it (stitching), learning from the warm-up requests sent one at a time. After the
     /// load it prints p50/p99 per hop and hoptrace's overhead per hop (the span's duration
     /// minus the called app's own time from its Server-Timing header), then the sidecars'
     /// recent-traces pages, and keeps serving until Ctrl-C. With OTEL_EXPORTER_OTLP_ENDPOINT
@@ -74,9 +76,13 @@ enum Command {
         /// Requests to send (n = 1..=N).
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         requests: u64,
-        /// Requests in flight at once.
+        /// Requests in flight at once, after the warm-up.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
         concurrency: u64,
+        /// The first requests, sent one at a time: the apps forward no trace header, and the
+        /// hub sidecar learns to attribute their calls from requests that are alone in flight.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+        warmup: u64,
         /// Exit after printing the table instead of serving until Ctrl-C.
         #[arg(long)]
         exit_after_load: bool,
@@ -86,7 +92,7 @@ enum Command {
     ///
     /// hub answers GET /fizzbuzz/{n}, fizzer GET /fizz/{n}, buzzer GET /buzz/{n}. The hub
     /// sends its calls through the HTTP proxy in HTTP_PROXY when set (the sidecar's outbound
-    /// listener), copying traceparent and tracestate from the request it is answering.
+    /// listener). No app copies any trace header: the sidecar's stitching joins the calls.
     DemoApp {
         /// Which app.
         #[arg(long, value_enum)]
@@ -135,9 +141,11 @@ fn main() -> ExitCode {
         Command::Demo {
             requests,
             concurrency,
+            warmup,
             exit_after_load,
         } => exit_code(demo_cmd::run(
             requests,
+            warmup,
             concurrency as usize,
             exit_after_load,
         )),

@@ -1,5 +1,6 @@
 //! The FizzBuzz apps of `hoptrace demo` and `hoptrace demo-app`: three plain HTTP/1.1 handlers
-//! that know nothing of tracing. `hub` answers `GET /fizzbuzz/{n}` by calling `fizzer`
+//! that know nothing of tracing and forward no trace header (hoptrace's stitching joins
+//! their calls to the requests that caused them). `hub` answers `GET /fizzbuzz/{n}` by calling `fizzer`
 //! (`GET /fizz/{n}`: "Fizz" for multiples of 3) and `buzzer` (`GET /buzz/{n}`: "Buzz" for
 //! multiples of 5; slow, 20 to 50 ms, for multiples of 7) at the same time and combining the
 //! answers. Every answer carries `server-timing: app;dur=<ms>`, the app's own handling time,
@@ -15,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -23,29 +24,6 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-
-/// Copy `traceparent` / `tracestate` from the inbound request onto the outbound calls.
-///
-/// hoptrace's stitching attributes calls without context, but the demo starts at full
-/// concurrency before the model has learned anything, so most calls would only be linked
-/// (README, "The demo"). Set this to `false` to see stitching alone.
-pub const COPY_TRACE_CONTEXT: bool = true;
-
-/// The W3C trace-context headers an app forwards (W3C Trace Context §3).
-const TRACE_CONTEXT_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
-
-/// Copies the W3C trace-context headers of `inbound` onto `outbound` when
-/// `COPY_TRACE_CONTEXT` is on; the only tracing-aware line of code in the apps.
-pub fn forward_trace_context(inbound: &HeaderMap, outbound: &mut HeaderMap) {
-    if !COPY_TRACE_CONTEXT {
-        return;
-    }
-    for name in TRACE_CONTEXT_HEADERS {
-        for value in inbound.get_all(name) {
-            outbound.append(name, value.clone());
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -148,12 +126,12 @@ impl App {
                 tokio::time::sleep(buzzer_delay(n)).await;
                 (StatusCode::OK, if n % 5 == 0 { "Buzz" } else { "" }.into())
             }
-            Role::Hub => self.combine(n, request.headers()).await,
+            Role::Hub => self.combine(n).await,
         }
     }
 
     /// Calls fizzer and buzzer at the same time and combines their answers.
-    async fn combine(&self, n: u64, inbound: &HeaderMap) -> (StatusCode, String) {
+    async fn combine(&self, n: u64) -> (StatusCode, String) {
         let Some((deps, client)) = &self.deps else {
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -162,8 +140,8 @@ impl App {
         };
         let (fizz_path, buzz_path) = (format!("fizz/{n}"), format!("buzz/{n}"));
         let (fizz, buzz) = tokio::join!(
-            call(client, &deps.fizzer, &fizz_path, inbound),
-            call(client, &deps.buzzer, &buzz_path, inbound),
+            call(client, &deps.fizzer, &fizz_path),
+            call(client, &deps.buzzer, &buzz_path),
         );
         match (fizz, buzz) {
             (Ok(fizz), Ok(buzz)) => {
@@ -176,19 +154,17 @@ impl App {
     }
 }
 
-/// `GET {base}{path}` with the inbound trace context; the body on 200, else an error naming
-/// the dependency.
+/// `GET {base}{path}`, with no header of the request being answered; the body on 200, else
+/// an error naming the dependency.
 async fn call(
     client: &Client<ProxyConnector, Empty<Bytes>>,
     base: &Uri,
     path: &str,
-    inbound: &HeaderMap,
 ) -> Result<String, String> {
     let url = format!("{}/{path}", base.to_string().trim_end_matches('/'));
-    let mut request = Request::get(&url)
+    let request = Request::get(&url)
         .body(Empty::new())
         .map_err(|err| format!("{url}: {err}"))?;
-    forward_trace_context(inbound, request.headers_mut());
     let response = client
         .request(request)
         .await
@@ -354,21 +330,6 @@ mod tests {
                 assert_eq!(delay, Duration::ZERO);
             }
         }
-    }
-
-    #[test]
-    fn trace_context_is_copied() {
-        let mut inbound = HeaderMap::new();
-        inbound.insert(
-            "traceparent",
-            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-        );
-        inbound.insert("tracestate", HeaderValue::from_static("a=1"));
-        inbound.insert("cookie", HeaderValue::from_static("secret"));
-        let mut outbound = HeaderMap::new();
-        forward_trace_context(&inbound, &mut outbound);
-        assert_eq!(outbound.len(), 2);
-        assert_eq!(outbound["tracestate"], "a=1");
     }
 
     #[test]

@@ -73,6 +73,18 @@ pub struct LoadSummary {
     pub first_failure: Option<String>,
 }
 
+impl LoadSummary {
+    fn add(&mut self, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => self.ok += 1,
+            Err(err) => {
+                self.failed += 1;
+                self.first_failure.get_or_insert(err);
+            }
+        }
+    }
+}
+
 impl Demo {
     /// Starts the apps and sidecars. `env` reads the `OTEL_*` variables (std::env::var in
     /// the binary); with an OTLP endpoint set, every sidecar exports there. `keep` is how
@@ -181,12 +193,20 @@ impl Demo {
         .collect()
     }
 
-    /// Sends `GET /fizzbuzz/{n}` for n = 1..=requests to the hub's sidecar, `concurrency` at
-    /// a time, and checks each answer.
-    pub async fn drive(&self, requests: u64, concurrency: usize) -> LoadSummary {
+    /// Sends `GET /fizzbuzz/{n}` for n = 1..=requests to the hub's sidecar and checks each
+    /// answer: the first `warmup` one at a time, the rest `concurrency` at a time. The apps
+    /// forward no trace header, and stitching learns only from calls it can attribute
+    /// exactly (one request in flight), so the one-at-a-time requests are what the hub
+    /// sidecar learns from before it must pick among several requests in flight.
+    pub async fn drive(&self, requests: u64, warmup: u64, concurrency: usize) -> LoadSummary {
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let next = Arc::new(AtomicU64::new(1));
         let base = format!("http://{}/fizzbuzz/", self.hub_addr());
+        let warmup = warmup.min(requests);
+        let mut total = LoadSummary::default();
+        for n in 1..=warmup {
+            total.add(one_request(&client, &format!("{base}{n}"), n).await);
+        }
+        let next = Arc::new(AtomicU64::new(warmup + 1));
         let workers: Vec<_> = (0..concurrency.max(1))
             .map(|_| {
                 let (client, next, base) = (client.clone(), next.clone(), base.clone());
@@ -197,24 +217,25 @@ impl Demo {
                         if n > requests {
                             return summary;
                         }
-                        match one_request(&client, &format!("{base}{n}"), n).await {
-                            Ok(()) => summary.ok += 1,
-                            Err(err) => {
-                                summary.failed += 1;
-                                summary.first_failure.get_or_insert(err);
-                            }
-                        }
+                        summary.add(one_request(&client, &format!("{base}{n}"), n).await);
                     }
                 })
             })
             .collect();
-        let mut total = LoadSummary::default();
         for worker in workers {
-            if let Ok(summary) = worker.await {
-                total.ok += summary.ok;
-                total.failed += summary.failed;
-                if total.first_failure.is_none() {
-                    total.first_failure = summary.first_failure;
+            match worker.await {
+                Ok(summary) => {
+                    total.ok += summary.ok;
+                    total.failed += summary.failed;
+                    if total.first_failure.is_none() {
+                        total.first_failure = summary.first_failure;
+                    }
+                }
+                Err(err) => {
+                    total.failed += 1;
+                    total
+                        .first_failure
+                        .get_or_insert(format!("load worker: {err}"));
                 }
             }
         }

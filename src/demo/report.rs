@@ -31,6 +31,21 @@ pub struct Report {
     /// Traces with a hub SERVER span.
     pub traces: usize,
     pub hops: Vec<HopStats>,
+    /// How the hub sidecar found the parent of each call (the apps forward no context).
+    pub joined: Joined,
+}
+
+/// The hub's CLIENT spans by `hoptrace.parent.method` (stitching).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Joined {
+    /// The only inbound request in flight (`single_inflight`).
+    pub single: usize,
+    /// The learned model's best match, confident enough (`model`).
+    pub model: usize,
+    /// Not sure enough: a new trace with links to the candidates (`linked`).
+    pub linked: usize,
+    /// No inference: the call carried context, or none was in flight.
+    pub other: usize,
 }
 
 #[derive(Debug)]
@@ -62,31 +77,42 @@ pub fn build(hub: &[RecentTrace], fizzer: &[RecentTrace], buzzer: &[RecentTrace]
         })
         .collect();
     let mut traces = 0;
-    for trace in hub {
-        let Some(server) = trace.spans.iter().find(|s| s.span_kind == SpanKind::Server) else {
-            continue;
-        };
-        traces += 1;
-        add(&mut hops[0], server, Some(server));
-        for span in trace
-            .spans
-            .iter()
-            .filter(|s| s.span_kind == SpanKind::Client)
-        {
-            let index = match route(span) {
-                Some("fizzer") => 1,
-                Some("buzzer") => 2,
-                _ => continue,
-            };
-            let child = children.get(&span.span_context.span_id()).copied();
-            add(&mut hops[index], span, child);
+    let mut joined = Joined::default();
+    // Every hub CLIENT span counts, also one whose call was linked rather than parented
+    // (it is the root of a trace of its own).
+    for span in hub.iter().flat_map(|t| &t.spans) {
+        match span.span_kind {
+            SpanKind::Server => {
+                traces += 1;
+                add(&mut hops[0], span, Some(span));
+            }
+            SpanKind::Client => {
+                let index = match string_attribute(span, "http.route") {
+                    Some("fizzer") => 1,
+                    Some("buzzer") => 2,
+                    _ => continue,
+                };
+                let child = children.get(&span.span_context.span_id()).copied();
+                add(&mut hops[index], span, child);
+                match string_attribute(span, "hoptrace.parent.method") {
+                    Some("single_inflight") => joined.single += 1,
+                    Some("model") => joined.model += 1,
+                    Some("linked") => joined.linked += 1,
+                    _ => joined.other += 1,
+                }
+            }
+            _ => {}
         }
     }
     for hop in &mut hops {
         hop.latency.sort_by(f64::total_cmp);
         hop.overhead.sort_by(f64::total_cmp);
     }
-    Report { traces, hops }
+    Report {
+        traces,
+        hops,
+        joined,
+    }
 }
 
 /// Adds `span`'s duration, and its overhead when `app_span` says how long the app took.
@@ -104,10 +130,10 @@ fn duration(span: &SpanData) -> Duration {
         .unwrap_or_default()
 }
 
-fn route(span: &SpanData) -> Option<&str> {
+fn string_attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a str> {
     span.attributes
         .iter()
-        .find(|kv| kv.key.as_str() == "http.route")
+        .find(|kv| kv.key.as_str() == key)
         .and_then(|kv| match &kv.value {
             Value::String(s) => Some(s.as_str()),
             _ => None,
@@ -169,7 +195,19 @@ impl fmt::Display for Report {
                 cell(percentile(&hop.overhead, 99.0)),
             )?;
         }
-        Ok(())
+        let j = &self.joined;
+        writeln!(
+            f,
+            "\ncalls joined to the request that made them (the apps forward no trace header): {} of {}",
+            j.single + j.model,
+            j.single + j.model + j.linked + j.other,
+        )?;
+        writeln!(
+            f,
+            "  {} with one request in flight, {} by the learned match (confidence >= min_confidence), \
+             {} linked to candidates instead (not sure enough), {} other",
+            j.single, j.model, j.linked, j.other
+        )
     }
 }
 

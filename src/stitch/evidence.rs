@@ -14,7 +14,10 @@ pub const NONCE_HEADER: &str = "x-hoptrace-nonce";
 /// At most this many content tokens per request: a bounded, allocation-free set.
 pub const MAX_TOKENS: usize = 8;
 
-/// Tokens shorter than this (`v1`, `a`) say nothing about which request made a call.
+/// Tokens shorter than this (`v1`, `a`) say nothing about which request made a call. Numbers
+/// of any length count: in a path or a query they are ids (`/orders/7`), and the model
+/// weighs every token by how rare it is among inbound requests, so a number that appears in
+/// every request (`page=1`) says nothing anyway.
 const MIN_TOKEN_LEN: usize = 3;
 
 /// Hashed values (path segments, query values, selected headers) of one request.
@@ -30,7 +33,8 @@ impl Tokens {
     }
 
     fn push(&mut self, bytes: &[u8]) {
-        if bytes.len() < MIN_TOKEN_LEN || usize::from(self.len) >= MAX_TOKENS {
+        let number = !bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit);
+        if (bytes.len() < MIN_TOKEN_LEN && !number) || usize::from(self.len) >= MAX_TOKENS {
             return;
         }
         let hash = fnv1a(bytes);
@@ -116,7 +120,9 @@ mod tests {
 
     #[test]
     fn tokens_come_from_path_query_and_selected_headers_never_the_nonce() {
-        let uri: Uri = "/orders/abc123/items?id=xyz789&n=1".parse().unwrap();
+        let uri: Uri = "/orders/abc123/items/v1?id=xyz789&n=7&x=ab"
+            .parse()
+            .unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-tenant", "tenant-7".parse().unwrap());
         headers.insert(NONCE_HEADER, "nonce-42".parse().unwrap());
@@ -125,7 +131,7 @@ mod tests {
             HeaderName::from_static(NONCE_HEADER),
         ];
         let got = tokens(&uri, &headers, &selected);
-        let expected: Vec<u64> = ["orders", "abc123", "items", "xyz789", "tenant-7"]
+        let expected: Vec<u64> = ["orders", "abc123", "items", "xyz789", "7", "tenant-7"]
             .iter()
             .map(|s| fnv1a(s.as_bytes()))
             .collect();

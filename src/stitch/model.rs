@@ -246,7 +246,7 @@ impl Model {
         let p = (d.shared + 0.5) / (d.examples + 1.0);
         let chance = call
             .shared(parent)
-            .map(|t| self.frequency(t))
+            .map(|t| self.frequency_among_others(t))
             .fold(None, |min: Option<f32>, f| {
                 Some(min.map_or(f, |m| m.min(f)))
             });
@@ -256,15 +256,18 @@ impl Model {
         }
     }
 
-    /// Estimated share of inbound requests carrying token `t`.
-    fn frequency(&self, t: u64) -> f32 {
+    /// Estimated share of the other inbound requests carrying token `t`, `t` being a token
+    /// of a tracked candidate: how likely a candidate that is not the parent shares it by
+    /// chance. The candidate's own request was counted when it arrived (`saw_inbound`), so
+    /// one occurrence is its own, not chance.
+    fn frequency_among_others(&self, t: u64) -> f32 {
         let count = self
             .sketch
             .iter()
             .enumerate()
             .map(|(row, cells)| cells.get(cell(t, row)).copied().unwrap_or(0.0))
             .fold(f32::MAX, f32::min);
-        (count + 0.5) / (self.sketched + 1.0)
+        ((count - 1.0).max(0.0) + 0.5) / (self.sketched + 1.0)
     }
 
     fn route_mut(&mut self, route: u64, max_models: usize) -> &mut RouteModel {
