@@ -6,6 +6,7 @@
 //! | no route matched   | 404    | `no_route`         |
 //! | CONNECT method     | 405    | `bad_request`      |
 //! | malformed target   | 400    | `bad_request`      |
+//! | both `Content-Length` and `Transfer-Encoding` | 400 | `bad_request` |
 //! | upstream empty     | 503    | `no_healthy_upstream` |
 //! | connect refused    | 502    | `connect_error`    |
 //! | connect timed out  | 504    | `connect_timeout`  |
@@ -36,6 +37,10 @@ pub enum ProxyError {
     ConnectMethod,
     #[error("request target cannot be forwarded: {0}")]
     BadTarget(#[source] http::Error),
+    #[error(
+        "request has both Content-Length and Transfer-Encoding (a smuggling attempt or a broken client); not forwarded"
+    )]
+    AmbiguousFraming,
     #[error("upstream {upstream} has no endpoints")]
     NoEndpoint { upstream: Arc<str> },
     #[error("upstream {upstream} endpoint {endpoint}: connection failed: {}", source_chain(source.as_ref()))]
@@ -79,7 +84,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::BadTarget(_) | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadTarget(_)
+            | ProxyError::AmbiguousFraming
+            | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Tls { .. } | ProxyError::Reset { .. } => {
@@ -97,6 +104,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::ConnectMethod
             | ProxyError::BadTarget(_)
+            | ProxyError::AmbiguousFraming
             | ProxyError::BadRequestBody(_) => "bad_request",
             ProxyError::BodyTooLarge { .. } => "request_body_too_large",
             ProxyError::NoEndpoint { .. } => "no_healthy_upstream",
@@ -115,6 +123,9 @@ impl ProxyError {
             ProxyError::NoRoute => "hoptrace: no route for this request\n",
             ProxyError::ConnectMethod => "hoptrace: CONNECT is not supported\n",
             ProxyError::BadTarget(_) => "hoptrace: bad request target\n",
+            ProxyError::AmbiguousFraming => {
+                "hoptrace: both Content-Length and Transfer-Encoding; request not forwarded\n"
+            }
             ProxyError::BadRequestBody(_) => "hoptrace: bad request body\n",
             ProxyError::BodyTooLarge { .. } => "hoptrace: request body too large\n",
             ProxyError::NoEndpoint { .. } => "hoptrace: no upstream endpoint available\n",

@@ -56,6 +56,13 @@ pub async fn handle(
         .then(|| req.uri().clone());
     let mut endpoint = None;
     let result = match route {
+        _ if req
+            .extensions()
+            .get::<super::framing::Ambiguous>()
+            .is_some() =>
+        {
+            Err(ProxyError::AmbiguousFraming)
+        }
         _ if req.method() == Method::CONNECT => Err(ProxyError::ConnectMethod),
         None => Err(ProxyError::NoRoute),
         Some(route) => {
@@ -84,6 +91,7 @@ pub async fn handle(
                 ProxyError::NoRoute
                 | ProxyError::ConnectMethod
                 | ProxyError::BadTarget(_)
+                | ProxyError::AmbiguousFraming
                 | ProxyError::BodyTooLarge { .. }
                 | ProxyError::BadRequestBody(_) => {
                     info!(listener = %ctx.name, client = %conn.remote, %method, trace_id, error = %err, "request rejected")

@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
-use super::forward;
 use super::snapshot::Shared;
+use super::{forward, framing};
 use crate::config::{ListenerConfig, Role};
 use crate::export::SpanSink;
 use crate::tls::Acceptor;
@@ -104,7 +104,14 @@ pub async fn serve(
                     let conn = ConnInfo { remote, local, tls: tls.is_some() };
                     let open = ctx.open_connections.clone();
                     let ctx = ctx.clone();
-                    let service = service_fn(move |req| forward::handle(ctx.clone(), conn, req));
+                    let verdicts = Arc::new(framing::Verdicts::default());
+                    let framed = verdicts.clone();
+                    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        if verdicts.next_is_ambiguous() {
+                            req.extensions_mut().insert(framing::Ambiguous);
+                        }
+                        forward::handle(ctx.clone(), conn, req)
+                    });
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     let tls = tls.clone();
@@ -112,12 +119,14 @@ pub async fn serve(
                     tokio::spawn(async move {
                         let served = match tls {
                             None => {
+                                let stream = framing::Framed::new(stream, framed);
                                 let connection = builder
                                     .serve_connection_with_upgrades(TokioIo::new(stream), service);
                                 watcher.watch(connection).await
                             }
                             Some(tls) => match tls.handshake(stream, remote).await {
                                 Some(stream) => {
+                                    let stream = framing::Framed::new(stream, framed);
                                     let connection = builder
                                         .serve_connection_with_upgrades(TokioIo::new(stream), service);
                                     watcher.watch(connection).await

@@ -22,6 +22,7 @@ mod body;
 mod connector;
 mod error;
 mod forward;
+mod framing;
 mod headers;
 mod hop;
 mod listener;
