@@ -304,6 +304,7 @@ pub struct System {
     entry: SocketAddr,
     opts: Options,
     timer: Option<tokio::task::JoinHandle<()>>,
+    timer_stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl System {
@@ -352,11 +353,18 @@ impl System {
             servers.push(server);
         }
         let entry = inbound["s1"];
+        // Stopped by a flag, never aborted: an aborted call would be in the truth without
+        // its spans.
+        let timer_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let timer = opts.timer.map(|every| {
             let s2 = apps.iter().find(|a| a.name == "s2").unwrap().clone();
+            let stop = timer_stop.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
                     s2.call("/s5/refresh/cache".to_string(), None, 0, None)
                         .await;
                 }
@@ -371,6 +379,7 @@ impl System {
             entry,
             opts,
             timer,
+            timer_stop,
         }
     }
 
@@ -440,7 +449,8 @@ impl System {
         let skip = self.truth.lock().unwrap().len();
         self.run(opts.warmup, opts.requests, opts.concurrency).await;
         if let Some(timer) = self.timer.take() {
-            timer.abort();
+            self.timer_stop.store(true, Ordering::SeqCst);
+            timer.await.unwrap();
         }
         // Every fire-and-forget call has finished once each root's counter is in.
         let roots = opts.warmup + opts.requests;
