@@ -100,10 +100,7 @@ pub fn spawn(
         recent,
         batch_duration,
     ));
-    let sink = SpanSink {
-        tx: Some(tx),
-        stats,
-    };
+    let sink = SpanSink { tx, stats };
     Ok((
         sink,
         ExportTask {

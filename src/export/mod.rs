@@ -53,22 +53,15 @@ impl ExportStats {
 /// The request path's handle to the exporter: two methods, never waits.
 #[derive(Clone, Debug)]
 pub struct SpanSink {
-    tx: Option<mpsc::Sender<SpanRecord>>,
+    tx: mpsc::Sender<SpanRecord>,
     stats: Arc<ExportStats>,
 }
 
 impl SpanSink {
-    /// A sink that exports nothing (`exporter = "none"`): spans are not even built.
-    pub fn disabled() -> SpanSink {
-        SpanSink {
-            tx: None,
-            stats: Arc::default(),
-        }
-    }
-
-    /// Whether sampled spans should be recorded at all.
+    /// Whether sampled spans should be recorded at all: true while the export task runs,
+    /// with `exporter = "none"` too (its spans feed the recent-traces view).
     pub fn is_enabled(&self) -> bool {
-        self.tx.is_some()
+        !self.tx.is_closed()
     }
 
     /// Counts spans kept by tail keeping, by reason (`"error"` or `"slow"`).
@@ -82,9 +75,8 @@ impl SpanSink {
 
     /// Queues a finished span; when the queue is full the span is dropped and counted.
     pub fn try_send(&self, span: SpanRecord) {
-        let Some(tx) = &self.tx else { return };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
-        if tx.try_send(span).is_err() {
+        if self.tx.try_send(span).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -95,8 +87,6 @@ impl SpanSink {
 
     /// Spans waiting in the queue.
     pub fn queue_depth(&self) -> usize {
-        self.tx
-            .as_ref()
-            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+        self.tx.max_capacity() - self.tx.capacity()
     }
 }

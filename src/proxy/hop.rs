@@ -8,10 +8,12 @@
 //! span as its child. The upstream's `traceparent` names the innermost of them.
 //!
 //! Spans end when the response body has been sent to the client, or the stream failed, or
-//! the client went away (`SpanFinish`, driven by `ResponseBody`). An unsampled request (or
-//! `exporter = "none"`) builds no `SpanRecord`: it only formats the headers it forwards;
-//! unless tail keeping is on, in which case it is recorded and exported only if it fails or
-//! is slow (`finish`).
+//! the client went away (`SpanFinish`, driven by `ResponseBody`). An unsampled request
+//! builds no `SpanRecord` and allocates nothing for tracing but the header values it writes
+//! (`traceparent` and the other configured formats upstream, `traceresponse` back; checked by
+//! `tests/unsampled_alloc.rs`); unless tail keeping is on, in which case it is recorded and
+//! exported only if it fails or is slow (`finish`). With `exporter = "none"` sampled spans
+//! are still built: they feed the recent-traces view (`GET /traces`).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
