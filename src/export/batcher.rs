@@ -37,6 +37,7 @@ enum Backend {
 pub struct ExportTask {
     flush: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    stats: Arc<ExportStats>,
 }
 
 /// The OpenTelemetry resource of this process: `service.name` (config, overridden by
@@ -100,28 +101,39 @@ pub fn spawn(
         recent,
         batch_duration,
     ));
-    let sink = SpanSink { tx, stats };
+    let sink = SpanSink {
+        tx,
+        stats: stats.clone(),
+    };
     Ok((
         sink,
         ExportTask {
             flush: Some(flush),
             task: Some(task),
+            stats,
         },
     ))
 }
 
 impl ExportTask {
-    /// Exports what is queued, waiting at most `deadline`; spans still queued then are lost
-    /// (and counted as dropped).
+    /// Exports what is queued, waiting at most `deadline`. Then the export task is stopped:
+    /// spans still queued, batched or being exported are lost, and counted as dropped, so
+    /// that `started = exported + dropped + failed` holds at exit.
     pub async fn shutdown(mut self, deadline: Duration) {
         if let Some(flush) = self.flush.take() {
             let _ = flush.send(());
         }
-        if let Some(task) = self.task.take() {
-            if tokio::time::timeout(deadline, task).await.is_err() {
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(deadline, &mut task).await.is_err() {
+                task.abort();
+                // Cancelled at its next await: nothing counts spans after this.
+                let _ = task.await;
+                let lost = self.stats.drop_pending();
                 warn!(
                     ?deadline,
-                    "span export did not finish before the shutdown deadline"
+                    lost,
+                    "span export did not finish before the shutdown deadline; spans still \
+                     queued or being exported are counted as dropped"
                 );
             }
         }
@@ -262,8 +274,12 @@ async fn export(backend: &Backend, batch: &mut Batch, stats: &ExportStats) {
         Backend::Otlp(exporter) => exporter.export(spans).await.map_err(|e| e.to_string()),
         Backend::Stdout => stdout::write(&spans).map_err(|e| e.to_string()),
         // Not exported, and not lost either: nothing to count.
-        Backend::None => return,
+        Backend::None => {
+            stats.resolved(count);
+            return;
+        }
     };
+    stats.resolved(count);
     match result {
         Ok(()) => {
             stats.exported.fetch_add(count, Ordering::Relaxed);

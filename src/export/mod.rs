@@ -29,7 +29,8 @@ pub struct ExportStats {
     pub started: AtomicU64,
     /// Spans the exporter delivered.
     pub exported: AtomicU64,
-    /// Spans dropped because the queue was full (or the exporter gone).
+    /// Spans dropped because the queue was full (or the exporter gone), or still queued or
+    /// being exported when the shutdown flush ran out of time.
     pub dropped: AtomicU64,
     /// Spans lost because their export failed after retries.
     pub failed: AtomicU64,
@@ -37,9 +38,24 @@ pub struct ExportStats {
     pub kept_error: AtomicU64,
     /// Spans of unsampled requests kept because they were slow (`keep_slower_than`).
     pub kept_slow: AtomicU64,
+    /// Spans queued and not yet exported, failed or discarded (`exporter = "none"`): what a
+    /// shutdown that runs out of time loses.
+    pending: AtomicU64,
 }
 
 impl ExportStats {
+    /// `count` queued spans were exported, failed or discarded.
+    fn resolved(&self, count: u64) {
+        self.pending.fetch_sub(count, Ordering::Relaxed);
+    }
+
+    /// Counts every pending span as dropped (the export task is gone); returns how many.
+    fn drop_pending(&self) -> u64 {
+        let lost = self.pending.swap(0, Ordering::Relaxed);
+        self.dropped.fetch_add(lost, Ordering::Relaxed);
+        lost
+    }
+
     pub fn snapshot(&self) -> [u64; 4] {
         [
             self.started.load(Ordering::Relaxed),
@@ -76,7 +92,10 @@ impl SpanSink {
     /// Queues a finished span; when the queue is full the span is dropped and counted.
     pub fn try_send(&self, span: SpanRecord) {
         self.stats.started.fetch_add(1, Ordering::Relaxed);
+        // Counted before the send, so the batcher never resolves a span not yet counted.
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
         if self.tx.try_send(span).is_err() {
+            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
