@@ -127,7 +127,7 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
         "http.request.method",
         span.method.to_string(),
     ));
-    let (host, port) = host_and_port(span);
+    let (host, port, credentials) = host_and_port(span);
     if let Some(code) = span.status {
         attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
     }
@@ -192,7 +192,18 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
             } else {
                 format!("{host}:{port}")
             };
-            let mut full = format!("{}://{}{}", span.scheme, authority, span.target.path());
+            // Semantic conventions (url.full): credentials in the URL are replaced, not
+            // dropped, so the reader knows some were sent.
+            let userinfo = if credentials {
+                "REDACTED:REDACTED@"
+            } else {
+                ""
+            };
+            let mut full = format!(
+                "{}://{userinfo}{authority}{}",
+                span.scheme,
+                span.target.path()
+            );
             if let Some(query) = query {
                 full.push('?');
                 full.push_str(&query);
@@ -258,8 +269,8 @@ fn header_attributes(
 }
 
 /// Host and port the request was addressed to: the absolute-form target's authority, else
-/// `Host`. Credentials (`user:pass@`) are never included.
-fn host_and_port(span: &SpanRecord) -> (Option<String>, Option<u16>) {
+/// `Host`, and whether it carried credentials (`user:pass@`, never included).
+fn host_and_port(span: &SpanRecord) -> (Option<String>, Option<u16>, bool) {
     let authority = span
         .target
         .authority()
@@ -271,12 +282,15 @@ fn host_and_port(span: &SpanRecord) -> (Option<String>, Option<u16>) {
                 .map(str::to_string)
         });
     let Some(authority) = authority else {
-        return (None, None);
+        return (None, None, false);
     };
-    let authority = authority.rsplit('@').next().unwrap_or_default();
+    let (credentials, authority) = match authority.rsplit_once('@') {
+        Some((_, host)) => (true, host),
+        None => (false, authority.as_str()),
+    };
     match authority.parse::<http::uri::Authority>() {
-        Ok(a) => (Some(a.host().to_string()), a.port_u16()),
-        Err(_) => (Some(authority.to_string()), None),
+        Ok(a) => (Some(a.host().to_string()), a.port_u16(), credentials),
+        Err(_) => (Some(authority.to_string()), None, credentials),
     }
 }
 
@@ -310,7 +324,7 @@ mod tests {
         };
         assert_eq!(
             get("url.full").as_deref(),
-            Some("http://pay.internal:8080/charge?api_key=REDACTED&x=1")
+            Some("http://REDACTED:REDACTED@pay.internal:8080/charge?api_key=REDACTED&x=1")
         );
         assert_eq!(get("server.address").as_deref(), Some("pay.internal"));
         assert!(

@@ -140,10 +140,15 @@ pub async fn handle(
 }
 
 /// RFC 9112 §3.2.2: with an absolute-form target (a request sent to us as an HTTP proxy) or
-/// an HTTP/2 `:authority`, the target's authority is the host and replaces `Host`.
+/// an HTTP/2 `:authority`, the target's authority is the host and replaces `Host`: its host
+/// and port only, never its userinfo (`user:pass@`), which must not reach the upstream.
 fn normalize_host(req: &mut Request<Incoming>) {
     if let Some(authority) = req.uri().authority() {
-        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+        let host = authority
+            .as_str()
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, host)| host);
+        if let Ok(value) = HeaderValue::from_str(host) {
             req.headers_mut().insert(header::HOST, value);
         }
     }
