@@ -258,7 +258,22 @@ async fn forward(
                     err,
                     ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
                 );
-                if !(may_retry && connect_failed && retry_allowed(upstream)) {
+                if !(may_retry && connect_failed) {
+                    return Err(err);
+                }
+                // A retry goes to an endpoint not in back-off. When every one is (each
+                // refused or timed out within `failure_backoff`), it would meet one of them
+                // again: the request ends here, 503, without spending budget.
+                if !upstream.balancer.any_healthy() {
+                    debug!(error = %err, attempt, "every endpoint in back-off; not retrying");
+                    if let Some(hop) = hop.as_deref_mut() {
+                        hop.retrying(Some(err.kind()));
+                    }
+                    return Err(ProxyError::NoEndpoint {
+                        upstream: upstream.name.clone(),
+                    });
+                }
+                if !retry_allowed(upstream) {
                     return Err(err);
                 }
                 debug!(error = %err, attempt, "retrying after a connection failure");

@@ -427,10 +427,19 @@ impl Hop {
         let kind = err.kind();
         rec.base.error_type = Some(kind);
         if rec.client.is_none() && !rec.has_server {
-            // Outbound: the failure (no route, bad request) is still this hop's span.
+            // Outbound: the failure (no route, bad request, no healthy endpoint left for a
+            // retry) is still this hop's span: the attempt that was not sent, from now when
+            // earlier attempts have their own spans.
             let mut client = rec.base.clone();
             client.kind = SpanKind::Client;
-            rec.client_started = Some(rec.started);
+            client.span_id = self.client_id.unwrap_or(client.span_id);
+            client.resend_count = self.resend_count;
+            let started = match self.resend_count {
+                0 => rec.started,
+                _ => Instant::now(),
+            };
+            client.start = rec.base.start + started.duration_since(rec.started);
+            rec.client_started = Some(started);
             rec.client = Some(client);
         }
         if let Some(client) = rec.client.as_mut() {
