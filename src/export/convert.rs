@@ -308,6 +308,48 @@ pub fn redact_query(query: &str, keys: &[String]) -> String {
         .join("&")
 }
 
+/// A CLIENT span with credentials and a sensitive query value in its target, for unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_record() -> SpanRecord {
+    use crate::trace::context::{SpanId, TraceFlags, TraceId};
+    SpanRecord {
+        kind: SpanKind::Client,
+        trace_id: TraceId([1; 16]),
+        span_id: SpanId([2; 8]),
+        parent_span_id: None,
+        parent_is_remote: false,
+        flags: TraceFlags(1),
+        debug: false,
+        tracestate: None,
+        start: std::time::SystemTime::UNIX_EPOCH,
+        duration: std::time::Duration::ZERO,
+        method: http::Method::GET,
+        route: None,
+        target: "http://alice:s3cret@pay.internal:8080/charge?api_key=k&x=1"
+            .parse()
+            .unwrap(),
+        host: None,
+        scheme: "http",
+        version: http::Version::HTTP_11,
+        client_addr: "127.0.0.1:1".parse().unwrap(),
+        local_addr: "127.0.0.1:2".parse().unwrap(),
+        user_agent: None,
+        peer: None,
+        status: Some(200),
+        error_type: None,
+        resend_count: 0,
+        connection: None,
+        first_byte: None,
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
+        redact_query_keys: vec!["api_key".to_string()].into(),
+        kept_reason: None,
+        attributes: Vec::new(),
+        links: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,42 +416,7 @@ mod tests {
     }
 
     fn record() -> SpanRecord {
-        use crate::trace::context::{SpanId, TraceFlags, TraceId};
-        SpanRecord {
-            kind: SpanKind::Client,
-            trace_id: TraceId([1; 16]),
-            span_id: SpanId([2; 8]),
-            parent_span_id: None,
-            parent_is_remote: false,
-            flags: TraceFlags(1),
-            debug: false,
-            tracestate: None,
-            start: std::time::SystemTime::UNIX_EPOCH,
-            duration: std::time::Duration::ZERO,
-            method: http::Method::GET,
-            route: None,
-            target: "http://alice:s3cret@pay.internal:8080/charge?api_key=k&x=1"
-                .parse()
-                .unwrap(),
-            host: None,
-            scheme: "http",
-            version: http::Version::HTTP_11,
-            client_addr: "127.0.0.1:1".parse().unwrap(),
-            local_addr: "127.0.0.1:2".parse().unwrap(),
-            user_agent: None,
-            peer: None,
-            status: Some(200),
-            error_type: None,
-            resend_count: 0,
-            connection: None,
-            first_byte: None,
-            request_headers: Vec::new(),
-            response_headers: Vec::new(),
-            redact_query_keys: vec!["api_key".to_string()].into(),
-            kept_reason: None,
-            attributes: Vec::new(),
-            links: Vec::new(),
-        }
+        super::test_record()
     }
 
     #[test]
