@@ -327,7 +327,7 @@ mod tests {
             Batching { size, delay },
             Arc::default(),
             Arc::new(RecentTraces::new(10)),
-            Histogram::new([0.1].into_iter()),
+            Histogram::new([0.1]),
         ));
         (tx, batches, flush)
     }
