@@ -328,7 +328,7 @@ fn scraped(
             ),
             value(
                 "spans_dropped",
-                "Spans dropped because the export queue was full",
+                "Spans dropped because the export queue was full, or left at the shutdown deadline",
                 ScrapedKind::Counter,
                 vec![],
                 dropped,

@@ -1,7 +1,8 @@
 //! Interop with a peer implementation: a client using the Python OpenTelemetry SDK starts a
-//! CLIENT span and calls a server using the Python OpenTelemetry SDK, which records a SERVER
-//! span as its child; both export over OTLP/HTTP to the test receiver, and all spans end up in
-//! one trace. `tests/interop/setup.sh` makes `<repo>/.venv` with the pinned packages.
+//! CLIENT span and calls, through hoptrace, a server using the Python OpenTelemetry SDK,
+//! which records a SERVER span; all export over OTLP/HTTP to the test receiver, and all spans
+//! end up in one trace with the right parents (also with the B3 and Jaeger propagators). The
+//! Python pair is also checked alone, without hoptrace. `tests/interop/setup.sh` makes `<repo>/.venv` with the pinned packages.
 
 mod common;
 
@@ -296,9 +297,9 @@ async fn python_client_and_server_spans_form_one_trace() {
     let otlp = receiver.http_url();
     let (server, server_port) = start_py_server(&otlp).await;
 
-    // The one place the client's target is chosen. Today the client calls the Python server
-    // directly; once hoptrace traces, start the proxy with an upstream of
-    // 127.0.0.1:{server_port} and point this URL at the proxy's listener instead.
+    // The Python pair alone, without hoptrace: a check of the peer implementation and of
+    // the receiver. The same pair through hoptrace is
+    // `python_client_through_hoptrace_to_python_server_is_one_trace`.
     let url = format!("http://127.0.0.1:{server_port}/hello");
 
     let report = run_py_client(&url, &otlp).await;

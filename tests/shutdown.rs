@@ -1,5 +1,7 @@
 //! SIGTERM under load, on the real binary: every request that reached the proxy before the
-//! signal is answered, and every span of an answered request reaches the collector.
+//! signal is answered, and every span of an answered request reaches the collector. With a
+//! black-holed collector, the flush gives up at its deadline, the process still exits, and
+//! the final counts add up (every span exported, dropped or failed).
 
 mod common;
 
@@ -174,4 +176,133 @@ endpoints = ["{}"]
             .count(),
         CLIENTS
     );
+}
+
+/// The collector accepts TCP connections and never answers. SIGTERM: the flush waits for
+/// its deadline (`grace` 1 s, raised to the 5 s minimum), then gives up; the spans still
+/// queued or being exported are counted as dropped, so the last log line adds up, and the
+/// process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_black_holed_collector_exits_and_the_counts_add_up() {
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = hole.local_addr().unwrap();
+    let hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hole.accept().await {
+            held.push(stream);
+        }
+    });
+    let upstream = echo_server("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[service]
+name = "shutdown"
+[admin]
+bind = "127.0.0.1:0"
+[shutdown]
+grace = "1s"
+[tracing]
+queue_size = 64
+batch_size = 16
+batch_delay = "10ms"
+[tracing.otlp]
+protocol = "grpc"
+endpoint = "http://{collector}"
+timeout = "60s"
+[[listeners]]
+name = "main"
+bind = "127.0.0.1:0"
+role = "inbound"
+[[routes]]
+listener = "main"
+upstream = "app"
+[upstreams.app]
+endpoints = ["{}"]
+"#,
+            upstream.addr
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str(&line) {
+                let _ = tx.send(event);
+            }
+        }
+    });
+    let addr: SocketAddr = loop {
+        let event = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no listener");
+        if event["message"] == "listening" {
+            break event["addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    const REQUESTS: u64 = 150;
+    let client = http1_client();
+    for i in 0..REQUESTS {
+        let response = get(&client, format!("http://{addr}/r{i}")).await;
+        assert_eq!(response.status(), 200);
+        body_string(response).await;
+    }
+
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    // A generous bound that only catches a hang: the flush deadline is 5 s, the export
+    // timeout 60 s.
+    let exited = tokio::time::timeout(
+        Duration::from_secs(40),
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .expect("hoptrace did not exit after SIGTERM")
+    .unwrap();
+    assert!(exited.success(), "{exited:?}");
+
+    let events: Vec<serde_json::Value> = rx.try_iter().collect();
+    let gave_up = events
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("span export did not finish"))
+        })
+        .unwrap_or_else(|| panic!("no give-up line: {events:#?}"));
+    let lost = gave_up["lost"].as_u64().unwrap();
+    assert!(lost > 0, "{gave_up}");
+    let done = events
+        .iter()
+        .find(|e| e["message"] == "span export finished")
+        .unwrap_or_else(|| panic!("no final counts: {events:#?}"));
+    let count = |k: &str| done[k].as_u64().unwrap_or_else(|| panic!("{k}: {done}"));
+    let (started, exported, dropped, failed) = (
+        count("started"),
+        count("exported"),
+        count("dropped"),
+        count("failed"),
+    );
+    assert_eq!(started, REQUESTS, "{done}");
+    assert_eq!(exported, 0, "{done}");
+    assert_eq!(
+        started,
+        exported + dropped + failed,
+        "the counts add up: {done}"
+    );
+    assert!(dropped >= lost, "{done}");
+    hole.abort();
 }

@@ -1,10 +1,12 @@
 //! Bodies stream through the proxy in both directions: nothing is buffered whole. Each test
 //! makes one side wait for the other to see the first chunk before it sends the last, so a
 //! proxy that buffered would deadlock (and the test fail at its deadline) instead of passing.
+//! A slow body also shows when spans end: after the last chunk, not at the response headers.
 
 mod common;
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::*;
@@ -125,4 +127,89 @@ async fn request_chunks_reach_the_upstream_before_the_client_sends_the_last() {
         assert_eq!(body_string(response).await, "1000 + 500");
         proxy.shutdown().await;
     }
+}
+
+/// "A span ends when the response body has been fully sent": the upstream writes five
+/// chunks 80 ms apart, noting the wall clock just before writing each. The gateway's SERVER
+/// and CLIENT spans start before the first chunk and end no earlier than the moment the
+/// upstream wrote the last, so they cover the whole body time.
+#[tokio::test]
+async fn spans_end_after_the_last_body_chunk() {
+    let receiver = common::otlp::Receiver::start().await;
+    let written: Arc<Mutex<Vec<SystemTime>>> = Arc::default();
+    let times = written.clone();
+    let upstream = serve(move |_req| {
+        let times = times.clone();
+        async move {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                for i in 0..5 {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(80)).await;
+                    }
+                    times.lock().unwrap().push(SystemTime::now());
+                    let chunk = Bytes::from(format!("chunk{i};"));
+                    tx.send(Ok(Frame::data(chunk))).await.unwrap();
+                }
+            });
+            Response::new(body)
+        }
+    })
+    .await;
+    let config = format!(
+        r#"
+[service]
+name = "slow-body"
+[admin]
+bind = "127.0.0.1:0"
+[tracing]
+batch_delay = "10ms"
+[tracing.otlp]
+protocol = "http/protobuf"
+endpoint = "{}"
+[[listeners]]
+name = "main"
+bind = "127.0.0.1:0"
+role = "gateway"
+[[routes]]
+listener = "main"
+upstream = "app"
+[upstreams.app]
+endpoints = ["{}"]
+"#,
+        receiver.http_url(),
+        upstream.addr
+    );
+    let proxy = start_proxy(&config).await;
+    let addr = proxy.listener_addr("main").unwrap();
+    let response = get(&http1_client(), format!("http://{addr}/slow")).await;
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(DEADLINE, body_string(response))
+        .await
+        .unwrap();
+    assert_eq!(body, "chunk0;chunk1;chunk2;chunk3;chunk4;");
+
+    let spans = receiver.wait_for_spans(2).await;
+    let nanos = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let written = written.lock().unwrap().clone();
+    let (first, last) = (nanos(written[0]), nanos(written[4]));
+    let mut kinds: Vec<i32> = spans.iter().map(|s| s.kind).collect();
+    kinds.sort();
+    assert_eq!(kinds, [2, 3], "a SERVER and a CLIENT span: {spans:#?}");
+    for span in &spans {
+        assert!(
+            span.start_unix_nano <= first,
+            "{}: starts {} ns after the first chunk",
+            span.kind,
+            span.start_unix_nano - first
+        );
+        assert!(
+            span.end_unix_nano >= last,
+            "{}: ends {} ns before the upstream wrote its last chunk",
+            span.kind,
+            last - span.end_unix_nano
+        );
+        assert!(span.end_unix_nano - span.start_unix_nano >= last - first);
+    }
+    proxy.shutdown().await;
 }

@@ -1,6 +1,7 @@
 //! Export behaviour against a real OTLP receiver: retryable failures are retried until the
-//! spans arrive, non-retryable ones are counted as failed, and partial success is counted,
-//! over both gRPC and HTTP/protobuf.
+//! spans arrive, non-retryable ones are counted as failed, partial success is counted, and
+//! gzip is sent exactly when configured, over both gRPC and HTTP/protobuf. (Retry-After and
+//! the retry deadline: `tests/export_retry.rs`.)
 
 mod common;
 
@@ -11,6 +12,16 @@ use common::*;
 use tracing_subscriber::layer::SubscriberExt as _;
 
 fn config(endpoint: &str, protocol: &str, upstream: std::net::SocketAddr) -> String {
+    config_with(endpoint, protocol, upstream, "")
+}
+
+/// `otlp_extra`: more `[tracing.otlp]` lines.
+fn config_with(
+    endpoint: &str,
+    protocol: &str,
+    upstream: std::net::SocketAddr,
+    otlp_extra: &str,
+) -> String {
     format!(
         r#"
 [service]
@@ -23,6 +34,7 @@ batch_delay = "10ms"
 protocol = "{protocol}"
 endpoint = "{endpoint}"
 timeout = "5s"
+{otlp_extra}
 [[listeners]]
 name = "main"
 bind = "127.0.0.1:0"
@@ -116,5 +128,36 @@ async fn partial_success_is_logged_and_counted() {
         )
         .await;
         proxy.shutdown().await;
+    }
+}
+
+/// hoptrace's own exporter compresses with gzip when `compression = "gzip"` (the receiver
+/// records `content-encoding` / `grpc-encoding` and decodes the body accordingly), and
+/// sends plain protobuf when it is not set.
+#[tokio::test]
+async fn gzip_is_sent_exactly_when_configured() {
+    let upstream = echo_server("app").await;
+    for (protocol, transport) in [("grpc", "grpc"), ("http/protobuf", "http")] {
+        for gzip in [true, false] {
+            let receiver = Receiver::start().await;
+            let endpoint = endpoints(&receiver)
+                .into_iter()
+                .find(|(p, _)| *p == protocol)
+                .unwrap()
+                .1;
+            let extra = if gzip { "compression = \"gzip\"" } else { "" };
+            let proxy = start_proxy(&config_with(&endpoint, protocol, upstream.addr, extra)).await;
+            let addr = proxy.listener_addr("main").unwrap();
+            get(&http1_client(), format!("http://{addr}/zipped")).await;
+            let spans = receiver.wait_for_spans(1).await;
+            assert_eq!(spans[0].attr_str("url.path"), Some("/zipped"));
+            let expected = gzip.then(|| "gzip".to_string());
+            assert_eq!(
+                receiver.encodings(),
+                [(transport, expected)],
+                "{protocol}, gzip {gzip}"
+            );
+            proxy.shutdown().await;
+        }
     }
 }

@@ -30,6 +30,9 @@ enum Backend {
     Stdout,
     /// `exporter = "none"`: spans only feed the recent-traces view.
     None,
+    /// Tests: each batch's size, and when it left (tokio's clock, which tests may pause).
+    #[cfg(test)]
+    Capture(mpsc::UnboundedSender<(tokio::time::Instant, usize)>),
 }
 
 /// The running export task. Dropping it leaves the task running until every sink is gone.
@@ -37,6 +40,7 @@ enum Backend {
 pub struct ExportTask {
     flush: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    stats: Arc<ExportStats>,
 }
 
 /// The OpenTelemetry resource of this process: `service.name` (config, overridden by
@@ -101,30 +105,38 @@ pub fn spawn(
         batch_duration,
     ));
     let sink = SpanSink {
-        tx: Some(tx),
-        stats,
+        tx,
+        stats: stats.clone(),
     };
     Ok((
         sink,
         ExportTask {
             flush: Some(flush),
             task: Some(task),
+            stats,
         },
     ))
 }
 
 impl ExportTask {
-    /// Exports what is queued, waiting at most `deadline`; spans still queued then are lost
-    /// (and counted as dropped).
+    /// Exports what is queued, waiting at most `deadline`. Then the export task is stopped:
+    /// spans still queued, batched or being exported are lost, and counted as dropped, so
+    /// that `started = exported + dropped + failed` holds at exit.
     pub async fn shutdown(mut self, deadline: Duration) {
         if let Some(flush) = self.flush.take() {
             let _ = flush.send(());
         }
-        if let Some(task) = self.task.take() {
-            if tokio::time::timeout(deadline, task).await.is_err() {
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(deadline, &mut task).await.is_err() {
+                task.abort();
+                // Cancelled at its next await: nothing counts spans after this.
+                let _ = task.await;
+                let lost = self.stats.drop_pending();
                 warn!(
                     ?deadline,
-                    "span export did not finish before the shutdown deadline"
+                    lost,
+                    "span export did not finish before the shutdown deadline; spans still \
+                     queued or being exported are counted as dropped"
                 );
             }
         }
@@ -157,7 +169,9 @@ async fn run(
     };
     let scope = convert::scope();
     let mut batch = Batch::with_capacity(batch_size, &backend);
-    let mut tick = tokio::time::interval(batch_delay);
+    // The first tick one delay from now (`interval` would fire at once and send whatever
+    // had arrived as a tiny batch).
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + batch_delay, batch_delay);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -264,9 +278,18 @@ async fn export(backend: &Backend, batch: &mut Batch, stats: &ExportStats) {
             .map_err(|e| e.to_string()),
         Backend::Otlp(exporter) => exporter.export(spans).await.map_err(|e| e.to_string()),
         Backend::Stdout => stdout::write(&spans).map_err(|e| e.to_string()),
+        #[cfg(test)]
+        Backend::Capture(batches) => {
+            let _ = batches.send((tokio::time::Instant::now(), spans.len()));
+            Ok(())
+        }
         // Not exported, and not lost either: nothing to count.
-        Backend::None => return,
+        Backend::None => {
+            stats.resolved(count);
+            return;
+        }
     };
+    stats.resolved(count);
     match result {
         Ok(()) => {
             stats.exported.fetch_add(count, Ordering::Relaxed);
@@ -275,5 +298,82 @@ async fn export(backend: &Backend, batch: &mut Batch, stats: &ExportStats) {
             let failed = stats.failed.fetch_add(count, Ordering::Relaxed) + count;
             warn!(spans = count, failed_total = failed, error = %err, "span export failed; spans lost");
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    /// The export task with a capturing backend: where spans go in, and where each batch's
+    /// (time, size) comes out. Keep the flush sender: dropping it stops the task.
+    fn start(
+        size: usize,
+        delay: Duration,
+    ) -> (
+        mpsc::Sender<SpanRecord>,
+        mpsc::UnboundedReceiver<(Instant, usize)>,
+        oneshot::Sender<()>,
+    ) {
+        let (tx, rx) = mpsc::channel(64);
+        let (batches_tx, batches) = mpsc::unbounded_channel();
+        let (flush, flush_rx) = oneshot::channel();
+        tokio::spawn(run(
+            rx,
+            flush_rx,
+            Backend::Capture(batches_tx),
+            Batching { size, delay },
+            Arc::default(),
+            Arc::new(RecentTraces::new(10)),
+            Histogram::new([0.1]),
+        ));
+        (tx, batches, flush)
+    }
+
+    // The clock is paused: it moves only when every task waits on a timer, so "before the
+    // delay" and "at the delay" are exact, not timing guesses.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_leaves_when_it_reaches_batch_size_before_the_delay() {
+        let delay = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        let (tx, mut batches, _flush) = start(4, delay);
+        for _ in 0..9 {
+            tx.send(crate::export::convert::test_record())
+                .await
+                .unwrap();
+        }
+        for _ in 0..2 {
+            let (at, size) = batches.recv().await.unwrap();
+            assert_eq!(size, 4);
+            assert!(at - t0 < delay, "a full batch waited {:?}", at - t0);
+        }
+        // The ninth span is a partial batch: it waits for the delay.
+        let (at, size) = batches.recv().await.unwrap();
+        assert_eq!(size, 1);
+        assert!(at - t0 >= delay);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_batch_leaves_when_the_delay_passes() {
+        let delay = Duration::from_secs(5);
+        let t0 = Instant::now();
+        let (tx, mut batches, _flush) = start(100, delay);
+        for _ in 0..3 {
+            tx.send(crate::export::convert::test_record())
+                .await
+                .unwrap();
+        }
+        let (at, size) = batches.recv().await.unwrap();
+        assert_eq!(size, 3);
+        assert!(at - t0 >= delay && at - t0 < 2 * delay, "{:?}", at - t0);
+        // Later spans make the next batch, one delay later.
+        tx.send(crate::export::convert::test_record())
+            .await
+            .unwrap();
+        let (next, size) = batches.recv().await.unwrap();
+        assert_eq!(size, 1);
+        assert_eq!(next - at, delay);
     }
 }

@@ -127,7 +127,7 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
         "http.request.method",
         span.method.to_string(),
     ));
-    let (host, port) = host_and_port(span);
+    let (host, port, credentials) = host_and_port(span);
     if let Some(code) = span.status {
         attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
     }
@@ -192,7 +192,18 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
             } else {
                 format!("{host}:{port}")
             };
-            let mut full = format!("{}://{}{}", span.scheme, authority, span.target.path());
+            // Semantic conventions (url.full): credentials in the URL are replaced, not
+            // dropped, so the reader knows some were sent.
+            let userinfo = if credentials {
+                "REDACTED:REDACTED@"
+            } else {
+                ""
+            };
+            let mut full = format!(
+                "{}://{userinfo}{authority}{}",
+                span.scheme,
+                span.target.path()
+            );
             if let Some(query) = query {
                 full.push('?');
                 full.push_str(&query);
@@ -258,8 +269,8 @@ fn header_attributes(
 }
 
 /// Host and port the request was addressed to: the absolute-form target's authority, else
-/// `Host`. Credentials (`user:pass@`) are never included.
-fn host_and_port(span: &SpanRecord) -> (Option<String>, Option<u16>) {
+/// `Host`, and whether it carried credentials (`user:pass@`, never included).
+fn host_and_port(span: &SpanRecord) -> (Option<String>, Option<u16>, bool) {
     let authority = span
         .target
         .authority()
@@ -271,12 +282,15 @@ fn host_and_port(span: &SpanRecord) -> (Option<String>, Option<u16>) {
                 .map(str::to_string)
         });
     let Some(authority) = authority else {
-        return (None, None);
+        return (None, None, false);
     };
-    let authority = authority.rsplit('@').next().unwrap_or_default();
+    let (credentials, authority) = match authority.rsplit_once('@') {
+        Some((_, host)) => (true, host),
+        None => (false, authority.as_str()),
+    };
     match authority.parse::<http::uri::Authority>() {
-        Ok(a) => (Some(a.host().to_string()), a.port_u16()),
-        Err(_) => (Some(authority.to_string()), None),
+        Ok(a) => (Some(a.host().to_string()), a.port_u16(), credentials),
+        Err(_) => (Some(authority.to_string()), None, credentials),
     }
 }
 
@@ -292,6 +306,48 @@ pub fn redact_query(query: &str, keys: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// A CLIENT span with credentials and a sensitive query value in its target, for unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_record() -> SpanRecord {
+    use crate::trace::context::{SpanId, TraceFlags, TraceId};
+    SpanRecord {
+        kind: SpanKind::Client,
+        trace_id: TraceId([1; 16]),
+        span_id: SpanId([2; 8]),
+        parent_span_id: None,
+        parent_is_remote: false,
+        flags: TraceFlags(1),
+        debug: false,
+        tracestate: None,
+        start: std::time::SystemTime::UNIX_EPOCH,
+        duration: std::time::Duration::ZERO,
+        method: http::Method::GET,
+        route: None,
+        target: "http://alice:s3cret@pay.internal:8080/charge?api_key=k&x=1"
+            .parse()
+            .unwrap(),
+        host: None,
+        scheme: "http",
+        version: http::Version::HTTP_11,
+        client_addr: "127.0.0.1:1".parse().unwrap(),
+        local_addr: "127.0.0.1:2".parse().unwrap(),
+        user_agent: None,
+        peer: None,
+        status: Some(200),
+        error_type: None,
+        resend_count: 0,
+        connection: None,
+        first_byte: None,
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
+        redact_query_keys: vec!["api_key".to_string()].into(),
+        kept_reason: None,
+        attributes: Vec::new(),
+        links: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -310,7 +366,7 @@ mod tests {
         };
         assert_eq!(
             get("url.full").as_deref(),
-            Some("http://pay.internal:8080/charge?api_key=REDACTED&x=1")
+            Some("http://REDACTED:REDACTED@pay.internal:8080/charge?api_key=REDACTED&x=1")
         );
         assert_eq!(get("server.address").as_deref(), Some("pay.internal"));
         assert!(
@@ -360,42 +416,7 @@ mod tests {
     }
 
     fn record() -> SpanRecord {
-        use crate::trace::context::{SpanId, TraceFlags, TraceId};
-        SpanRecord {
-            kind: SpanKind::Client,
-            trace_id: TraceId([1; 16]),
-            span_id: SpanId([2; 8]),
-            parent_span_id: None,
-            parent_is_remote: false,
-            flags: TraceFlags(1),
-            debug: false,
-            tracestate: None,
-            start: std::time::SystemTime::UNIX_EPOCH,
-            duration: std::time::Duration::ZERO,
-            method: http::Method::GET,
-            route: None,
-            target: "http://alice:s3cret@pay.internal:8080/charge?api_key=k&x=1"
-                .parse()
-                .unwrap(),
-            host: None,
-            scheme: "http",
-            version: http::Version::HTTP_11,
-            client_addr: "127.0.0.1:1".parse().unwrap(),
-            local_addr: "127.0.0.1:2".parse().unwrap(),
-            user_agent: None,
-            peer: None,
-            status: Some(200),
-            error_type: None,
-            resend_count: 0,
-            connection: None,
-            first_byte: None,
-            request_headers: Vec::new(),
-            response_headers: Vec::new(),
-            redact_query_keys: vec!["api_key".to_string()].into(),
-            kept_reason: None,
-            attributes: Vec::new(),
-            links: Vec::new(),
-        }
+        super::test_record()
     }
 
     #[test]

@@ -29,7 +29,8 @@ pub struct ExportStats {
     pub started: AtomicU64,
     /// Spans the exporter delivered.
     pub exported: AtomicU64,
-    /// Spans dropped because the queue was full (or the exporter gone).
+    /// Spans dropped because the queue was full (or the exporter gone), or still queued or
+    /// being exported when the shutdown flush ran out of time.
     pub dropped: AtomicU64,
     /// Spans lost because their export failed after retries.
     pub failed: AtomicU64,
@@ -37,9 +38,24 @@ pub struct ExportStats {
     pub kept_error: AtomicU64,
     /// Spans of unsampled requests kept because they were slow (`keep_slower_than`).
     pub kept_slow: AtomicU64,
+    /// Spans queued and not yet exported, failed or discarded (`exporter = "none"`): what a
+    /// shutdown that runs out of time loses.
+    pending: AtomicU64,
 }
 
 impl ExportStats {
+    /// `count` queued spans were exported, failed or discarded.
+    fn resolved(&self, count: u64) {
+        self.pending.fetch_sub(count, Ordering::Relaxed);
+    }
+
+    /// Counts every pending span as dropped (the export task is gone); returns how many.
+    fn drop_pending(&self) -> u64 {
+        let lost = self.pending.swap(0, Ordering::Relaxed);
+        self.dropped.fetch_add(lost, Ordering::Relaxed);
+        lost
+    }
+
     pub fn snapshot(&self) -> [u64; 4] {
         [
             self.started.load(Ordering::Relaxed),
@@ -53,22 +69,15 @@ impl ExportStats {
 /// The request path's handle to the exporter: two methods, never waits.
 #[derive(Clone, Debug)]
 pub struct SpanSink {
-    tx: Option<mpsc::Sender<SpanRecord>>,
+    tx: mpsc::Sender<SpanRecord>,
     stats: Arc<ExportStats>,
 }
 
 impl SpanSink {
-    /// A sink that exports nothing (`exporter = "none"`): spans are not even built.
-    pub fn disabled() -> SpanSink {
-        SpanSink {
-            tx: None,
-            stats: Arc::default(),
-        }
-    }
-
-    /// Whether sampled spans should be recorded at all.
+    /// Whether sampled spans should be recorded at all: true while the export task runs,
+    /// with `exporter = "none"` too (its spans feed the recent-traces view).
     pub fn is_enabled(&self) -> bool {
-        self.tx.is_some()
+        !self.tx.is_closed()
     }
 
     /// Counts spans kept by tail keeping, by reason (`"error"` or `"slow"`).
@@ -82,9 +91,11 @@ impl SpanSink {
 
     /// Queues a finished span; when the queue is full the span is dropped and counted.
     pub fn try_send(&self, span: SpanRecord) {
-        let Some(tx) = &self.tx else { return };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
-        if tx.try_send(span).is_err() {
+        // Counted before the send, so the batcher never resolves a span not yet counted.
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
+        if self.tx.try_send(span).is_err() {
+            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -95,8 +106,6 @@ impl SpanSink {
 
     /// Spans waiting in the queue.
     pub fn queue_depth(&self) -> usize {
-        self.tx
-            .as_ref()
-            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+        self.tx.max_capacity() - self.tx.capacity()
     }
 }

@@ -1,7 +1,10 @@
 //! Builds opentelemetry-otlp's exporter from `[tracing.otlp]`: gRPC (tonic) or
 //! HTTP/protobuf (hyper, not a blocking client), headers, gzip, timeout, TLS for gRPC.
-//! The exporter retries retryable failures itself (gRPC UNAVAILABLE and friends, HTTP
-//! 429/502/503/504 honouring Retry-After) with capped exponential back-off until `timeout`.
+//! The exporter retries retryable failures itself (opentelemetry-otlp's `RetryPolicy`
+//! default: 3 retries, 100 ms doubling to 1.6 s, jitter), within `timeout`: gRPC UNAVAILABLE
+//! and friends, HTTP 429/502/503/504 and connection failures. It honours HTTP `Retry-After`
+//! on 429/503 and gRPC `RetryInfo` on UNAVAILABLE/RESOURCE_EXHAUSTED (capped at 30 s); see
+//! `tests/export_retry.rs`.
 
 use std::collections::HashMap;
 

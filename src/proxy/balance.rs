@@ -118,6 +118,12 @@ impl Balancer {
         Some(index)
     }
 
+    /// Whether some endpoint is not in back-off (a retry has somewhere new to go).
+    pub fn any_healthy(&self) -> bool {
+        let now = now_ms();
+        self.endpoints.iter().any(|e| !e.in_backoff(now))
+    }
+
     /// Ends what `pick` started: the request no longer occupies the endpoint.
     pub fn release(&self, index: usize) {
         if let Some(e) = self.endpoints.get(index) {
@@ -203,10 +209,12 @@ mod tests {
         b.endpoints()[1].mark_failed(Duration::from_secs(60));
         let ports: Vec<u16> = (0..4).map(|_| port(&b, b.pick().unwrap())).collect();
         assert!(!ports.contains(&8001), "{ports:?}");
-        // All in back-off: still picks something.
+        // All in back-off: still picks something (a retry checks `any_healthy` first).
+        assert!(b.any_healthy());
         for e in b.endpoints() {
             e.mark_failed(Duration::from_secs(60));
         }
+        assert!(!b.any_healthy());
         assert!(b.pick().is_some());
         // A success clears the back-off.
         b.endpoints()[1].record_success(Duration::from_millis(1));

@@ -7,7 +7,7 @@
 //! | CONNECT method     | 405    | `bad_request`      |
 //! | malformed target   | 400    | `bad_request`      |
 //! | both `Content-Length` and `Transfer-Encoding` | 400 | `bad_request` |
-//! | upstream empty     | 503    | `no_healthy_upstream` |
+//! | retry after a connect failure, every endpoint in back-off | 503 | `no_healthy_upstream` |
 //! | connect refused    | 502    | `connect_error`    |
 //! | connect timed out  | 504    | `connect_timeout`  |
 //! | TLS handshake with the upstream failed | 502 | `tls` |

@@ -85,8 +85,12 @@ pub async fn handle(
         Ok(response) => response,
         Err(err) => {
             error_type = Some(err.kind());
-            let trace_id = hop.as_ref().map(|h| h.trace_id().to_string());
-            let trace_id = trace_id.as_deref().unwrap_or("");
+            // Formatted on the stack: an unsampled request's trace costs no allocation here.
+            let hex = hop.as_ref().map(|h| h.trace_id().to_hex());
+            let trace_id = hex
+                .as_ref()
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .unwrap_or("");
             match &err {
                 ProxyError::NoRoute
                 | ProxyError::ConnectMethod
@@ -144,10 +148,15 @@ pub async fn handle(
 }
 
 /// RFC 9112 §3.2.2: with an absolute-form target (a request sent to us as an HTTP proxy) or
-/// an HTTP/2 `:authority`, the target's authority is the host and replaces `Host`.
+/// an HTTP/2 `:authority`, the target's authority is the host and replaces `Host`: its host
+/// and port only, never its userinfo (`user:pass@`), which must not reach the upstream.
 fn normalize_host(req: &mut Request<Incoming>) {
     if let Some(authority) = req.uri().authority() {
-        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+        let host = authority
+            .as_str()
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, host)| host);
+        if let Ok(value) = HeaderValue::from_str(host) {
             req.headers_mut().insert(header::HOST, value);
         }
     }
@@ -257,7 +266,22 @@ async fn forward(
                     err,
                     ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
                 );
-                if !(may_retry && connect_failed && retry_allowed(upstream)) {
+                if !(may_retry && connect_failed) {
+                    return Err(err);
+                }
+                // A retry goes to an endpoint not in back-off. When every one is (each
+                // refused or timed out within `failure_backoff`), it would meet one of them
+                // again: the request ends here, 503, without spending budget.
+                if !upstream.balancer.any_healthy() {
+                    debug!(error = %err, attempt, "every endpoint in back-off; not retrying");
+                    if let Some(hop) = hop.as_deref_mut() {
+                        hop.retrying(Some(err.kind()));
+                    }
+                    return Err(ProxyError::NoEndpoint {
+                        upstream: upstream.name.clone(),
+                    });
+                }
+                if !retry_allowed(upstream) {
                     return Err(err);
                 }
                 debug!(error = %err, attempt, "retrying after a connection failure");

@@ -8,10 +8,12 @@
 //! span as its child. The upstream's `traceparent` names the innermost of them.
 //!
 //! Spans end when the response body has been sent to the client, or the stream failed, or
-//! the client went away (`SpanFinish`, driven by `ResponseBody`). An unsampled request (or
-//! `exporter = "none"`) builds no `SpanRecord`: it only formats the headers it forwards;
-//! unless tail keeping is on, in which case it is recorded and exported only if it fails or
-//! is slow (`finish`).
+//! the client went away (`SpanFinish`, driven by `ResponseBody`). An unsampled request
+//! builds no `SpanRecord` and allocates nothing for tracing but the header values it writes
+//! (`traceparent` and the other configured formats upstream, `traceresponse` back; checked by
+//! `tests/unsampled_alloc.rs`); unless tail keeping is on, in which case it is recorded and
+//! exported only if it fails or is slow (`finish`). With `exporter = "none"` sampled spans
+//! are still built: they feed the recent-traces view (`GET /traces`).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -425,10 +427,19 @@ impl Hop {
         let kind = err.kind();
         rec.base.error_type = Some(kind);
         if rec.client.is_none() && !rec.has_server {
-            // Outbound: the failure (no route, bad request) is still this hop's span.
+            // Outbound: the failure (no route, bad request, no healthy endpoint left for a
+            // retry) is still this hop's span: the attempt that was not sent, from now when
+            // earlier attempts have their own spans.
             let mut client = rec.base.clone();
             client.kind = SpanKind::Client;
-            rec.client_started = Some(rec.started);
+            client.span_id = self.client_id.unwrap_or(client.span_id);
+            client.resend_count = self.resend_count;
+            let started = match self.resend_count {
+                0 => rec.started,
+                _ => Instant::now(),
+            };
+            client.start = rec.base.start + started.duration_since(rec.started);
+            rec.client_started = Some(started);
             rec.client = Some(client);
         }
         if let Some(client) = rec.client.as_mut() {

@@ -34,6 +34,9 @@ mod upstream;
 
 pub use self::body::ResponseBody;
 pub use self::error::ProxyError;
+/// Public for `tests/unsampled_alloc.rs`, which measures what tracing an unsampled request
+/// allocates.
+pub use self::hop::Hop;
 pub use self::listener::{ConnInfo, ListenerCtx, serve};
 pub use self::snapshot::{RouteTarget, Shared, Snapshot};
 pub use self::upstream::Upstream;

@@ -14,7 +14,11 @@
 //! 4. linked: below that, a new trace whose CLIENT span links to the top candidates.
 //!
 //! Cost per outbound call: one scan over at most `max_candidates` entries under two small
-//! mutexes (registry, then model; never held across an await).
+//! mutexes (registry, then model; never held across an await). Candidates, their weights
+//! and the links live on the stack, and the registry reuses its slots, so in steady state
+//! neither an inbound registration nor an outbound decision allocates (what
+//! `tests/unsampled_alloc.rs` checks for unsampled requests). Only learning something new
+//! allocates: a route, a destination or a (route, route) pair seen for the first time.
 
 // On the request path: no panics (STYLE rule 5).
 #![deny(
@@ -37,7 +41,7 @@ use http::{HeaderMap, Uri};
 
 pub use self::evidence::{CallEvidence, InboundEvidence, NONCE_HEADER, Tokens};
 use self::model::{Example, Model};
-use self::registry::{Entry, Registry};
+use self::registry::{Candidates, Entry, MAX_CANDIDATES, Registry};
 use self::report::Report;
 use crate::config::StitchingConfig;
 use crate::trace::context::{SpanId, TraceParent};
@@ -78,6 +82,10 @@ impl Source {
 /// whether a candidate is linked depend on timing noise).
 const MAX_LINKS: usize = 4;
 
+/// The top candidates linked instead of a parent (at most `MAX_LINKS`), with their
+/// confidence, best first: a fixed array, so a decision allocates nothing.
+type Links = [Option<(TraceParent, f64)>; MAX_LINKS];
+
 /// The registry and the learned model of one process.
 #[derive(Debug, Default)]
 pub struct Stitcher {
@@ -109,7 +117,7 @@ pub struct Inferred {
     confidence: f64,
     /// The SERVER span made the parent (single, model).
     parent: Option<SpanId>,
-    links: Vec<(TraceParent, f64)>,
+    links: Links,
 }
 
 /// Tells the registry when an inbound request is answered, or when an attributed call ends
@@ -309,15 +317,16 @@ impl Stitcher {
             };
         }
 
-        let mut candidates = Vec::with_capacity(config.max_candidates);
+        let mut candidates = Candidates::default();
         registry.candidates(config.max_candidates, &mut candidates);
         let any_in_flight = candidates
+            .as_slice()
             .iter()
             .any(|&i| registry.entry(i).is_some_and(|e| e.ended.is_none()));
         // The request answered last is a candidate when nothing is in flight, or when its
         // route makes calls after answering (such calls often start before the answer is
         // seen, and are then learned as made during the request: hence not required alone).
-        candidates.retain(|&i| match registry.entry(i) {
+        candidates.retain(|i| match registry.entry(i) {
             Some(e) if e.ended.is_some() => {
                 !any_in_flight || model.calls_after_answering(e, dest) == Some(true)
             }
@@ -333,7 +342,7 @@ impl Stitcher {
                     ..Decision::default()
                 }
             } else {
-                score(&mut registry, &model, config, call, &candidates)
+                score(&mut registry, &model, config, call, candidates.as_slice())
             };
         };
         // The only candidate is the parent, unless its route's learned model finds the call
@@ -348,7 +357,7 @@ impl Stitcher {
             1.0
         };
         if confidence < config.min_confidence {
-            return score(&mut registry, &model, config, call, &candidates);
+            return score(&mut registry, &model, config, call, candidates.as_slice());
         }
         let Some(entry) = registry.entry_mut(*only) else {
             return Decision::default();
@@ -363,7 +372,7 @@ impl Stitcher {
                 confidence,
                 parent: Some(entry.id()),
                 parent_route: entry.route_name.clone(),
-                links: Vec::new(),
+                links: [None; MAX_LINKS],
             }),
             tracked: Some(TrackedKind::Call(entry.id())),
         }
@@ -389,7 +398,7 @@ struct Choice {
     confidence: f64,
     parent: Option<SpanId>,
     parent_route: Option<Arc<str>>,
-    links: Vec<(TraceParent, f64)>,
+    links: Links,
 }
 
 fn example(entry: &Entry, call: &CallEvidence) -> Example {
@@ -422,18 +431,24 @@ fn score(
 ) -> Decision {
     let background = f64::from(model.background(call.dest));
     let prior = (1.0 - background) / candidates.len() as f64;
-    let mut weights: Vec<(usize, f64)> = candidates
-        .iter()
-        .filter_map(|&i| {
-            let e = registry.entry(i)?;
-            let l = model.likelihood(e, call.dest, &call.tokens, e.gap(call.at));
-            Some((i, prior * f64::from(l)))
-        })
-        .collect();
-    let total: f64 = background + weights.iter().map(|(_, w)| w).sum::<f64>();
-    weights.sort_by(|a, b| b.1.total_cmp(&a.1));
+    // (candidate order, registry index, weight), on the stack.
+    let mut buf = [(0usize, 0usize, 0.0f64); MAX_CANDIDATES];
+    let mut n = 0;
+    for &i in candidates {
+        let Some(e) = registry.entry(i) else { continue };
+        let l = model.likelihood(e, call.dest, &call.tokens, e.gap(call.at));
+        if let Some(slot) = buf.get_mut(n) {
+            *slot = (n, i, prior * f64::from(l));
+            n += 1;
+        }
+    }
+    let weights = buf.get_mut(..n).unwrap_or_default();
+    let total: f64 = background + weights.iter().map(|(_, _, w)| w).sum::<f64>();
+    // Heaviest first; equal weights keep the candidates' order (newest first), as a
+    // stable sort would, without the buffer a stable sort may allocate.
+    weights.sort_unstable_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
     let confidence = |w: f64| if total > 0.0 { w / total } else { 0.0 };
-    let Some(&(best, best_weight)) = weights.first() else {
+    let Some(&(_, best, best_weight)) = weights.first() else {
         return Decision::default();
     };
     let top = confidence(best_weight);
@@ -450,17 +465,20 @@ fn score(
                 confidence: top,
                 parent: Some(entry.id()),
                 parent_route: entry.route_name.clone(),
-                links: Vec::new(),
+                links: [None; MAX_LINKS],
             }),
             tracked: Some(TrackedKind::Call(entry.id())),
         };
     }
-    let links = weights
+    let mut links = [None; MAX_LINKS];
+    let top_links = weights
         .iter()
-        .map(|&(i, w)| (i, confidence(w)))
+        .map(|&(_, i, w)| (i, confidence(w)))
         .take(MAX_LINKS)
-        .filter_map(|(i, c)| Some((registry.entry(i)?.parent, c)))
-        .collect();
+        .filter_map(|(i, c)| Some((registry.entry(i)?.parent, c)));
+    for (slot, link) in links.iter_mut().zip(top_links) {
+        *slot = Some(link);
+    }
     Decision {
         parent: None,
         source: Some(Source::Linked),
@@ -493,17 +511,18 @@ impl Inferred {
                 AttributeValue::F64(self.confidence),
             ),
         ]);
-        span.links.extend(self.links.iter().map(|(p, c)| SpanLink {
-            trace_id: p.trace_id,
-            span_id: p.parent_id,
-            flags: p.flags,
-            tracestate: None,
-            remote: false,
-            attributes: vec![
-                attr("hoptrace.link.confidence", AttributeValue::F64(*c)),
-                attr("hoptrace.link.method", AttributeValue::Str("model")),
-            ],
-        }));
+        span.links
+            .extend(self.links.iter().flatten().map(|(p, c)| SpanLink {
+                trace_id: p.trace_id,
+                span_id: p.parent_id,
+                flags: p.flags,
+                tracestate: None,
+                remote: false,
+                attributes: vec![
+                    attr("hoptrace.link.confidence", AttributeValue::F64(*c)),
+                    attr("hoptrace.link.method", AttributeValue::Str("model")),
+                ],
+            }));
     }
 
     /// When the call ends: an inferred parent that was answered before the call ended did

@@ -1,12 +1,21 @@
 //! The inbound requests of this service that are in flight, and those answered less than
 //! `linger` ago (apps make calls after responding), in arrival order. Bounded by
 //! `max_inflight`; a plain `Vec` scanned linearly, since it holds what is in flight (tens).
+//! Its slots are reused: expiry keeps the `Vec`'s capacity, so once it has held the peak
+//! number of requests in flight, registering one allocates nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::evidence::{InboundEvidence, Tokens};
 use crate::trace::context::{SpanId, TraceParent};
+
+/// Most candidates one outbound call considers (`stitching.max_candidates` is 1-64).
+pub const MAX_CANDIDATES: usize = 64;
+
+/// Slots reserved at the first registration: more than a sidecar usually has in flight
+/// within `linger`, so the registry rarely grows past it (about 80 KiB).
+const PREALLOCATED: usize = 256;
 
 /// Distinct destinations remembered per inbound request (calls beyond are still counted
 /// under the last slot's neighbours, never lost from the metric).
@@ -120,16 +129,80 @@ impl Entry {
     }
 }
 
+/// The registry indices of one call's candidates, on the stack: finding a call's parent
+/// allocates nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidates {
+    indices: [usize; MAX_CANDIDATES],
+    len: usize,
+}
+
+impl Default for Candidates {
+    fn default() -> Self {
+        Candidates {
+            indices: [0; MAX_CANDIDATES],
+            len: 0,
+        }
+    }
+}
+
+impl Candidates {
+    pub fn as_slice(&self) -> &[usize] {
+        self.indices.get(..self.len).unwrap_or(&[])
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Adds `index`; ignored when full (callers never push more than `MAX_CANDIDATES`).
+    fn push(&mut self, index: usize) {
+        if let Some(slot) = self.indices.get_mut(self.len) {
+            *slot = index;
+            self.len += 1;
+        }
+    }
+
+    /// Keeps the candidates for which `keep` holds, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            let Some(&index) = self.indices.get(i) else {
+                break;
+            };
+            if keep(index) {
+                if let Some(slot) = self.indices.get_mut(kept) {
+                    *slot = index;
+                }
+                kept += 1;
+            }
+        }
+        self.len = kept;
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Registry {
     entries: Vec<Entry>,
 }
 
 impl Registry {
-    /// Adds `entry` unless `cap` entries are tracked; false when full.
+    /// Adds `entry` unless `cap` entries are tracked; false when full. The first insert
+    /// reserves room for `PREALLOCATED` entries (or `cap`, if fewer).
     pub fn insert(&mut self, entry: Entry, cap: usize) -> bool {
         if self.entries.len() >= cap {
             return false;
+        }
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(cap.min(PREALLOCATED));
         }
         self.entries.push(entry);
         true
@@ -170,13 +243,16 @@ impl Registry {
 
     /// Indices of candidates: requests in flight, newest first, then the one answered last
     /// (a call made after responding follows its response at once, so older answered
-    /// requests have made theirs already).
-    pub fn candidates(&self, max: usize, out: &mut Vec<usize>) {
+    /// requests have made theirs already). At most `max` (and `MAX_CANDIDATES`).
+    pub fn candidates(&self, max: usize, out: &mut Candidates) {
         out.clear();
+        let max = max.min(MAX_CANDIDATES);
         let in_flight = (0..self.entries.len())
             .rev()
             .filter(|&i| self.entries.get(i).is_some_and(|e| e.ended.is_none()));
-        out.extend(in_flight.take(max));
+        for i in in_flight.take(max) {
+            out.push(i);
+        }
         let answered_last = self
             .entries
             .iter()

@@ -49,17 +49,18 @@ impl Report {
 
     /// The line's text since the last call, or `None` when every call carried context.
     pub fn take(&self) -> Option<String> {
-        let pairs = std::mem::take(
-            &mut *self
-                .pairs
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        // Drained, not replaced: the map keeps its capacity, so `record` on the request path
+        // does not allocate again for pairs it has seen before.
+        let mut sorted: Vec<(Pair, u64)> = self
+            .pairs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .collect();
         let other = self.other.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if pairs.is_empty() && other == 0 {
+        if sorted.is_empty() && other == 0 {
             return None;
         }
-        let mut sorted: Vec<(Pair, u64)> = pairs.into_iter().collect();
         sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let mut text = String::new();
         let name = |r: &Option<Arc<str>>| r.as_deref().unwrap_or("?").to_string();

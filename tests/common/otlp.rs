@@ -37,6 +37,10 @@ pub enum Failure {
     Unavailable,
     /// Not retryable: gRPC `INVALID_ARGUMENT` / HTTP 400.
     Internal,
+    /// HTTP: status `http`, with `Retry-After: {retry_after}` (seconds) when given. gRPC:
+    /// `UNAVAILABLE`, with a `google.rpc.RetryInfo` detail of `retry_after` seconds when
+    /// given (the gRPC form of Retry-After).
+    Status { http: u16, retry_after: Option<u64> },
 }
 
 /// One span as received, decoded from the wire protobuf (official opentelemetry-proto types).
@@ -101,6 +105,10 @@ struct State {
     failures: Mutex<Option<(usize, Failure)>>,
     partial: Mutex<Option<(i64, String)>>,
     headers: Mutex<Vec<HeaderMap>>,
+    /// Every decoded export request: when it arrived, and whether it was failed on purpose.
+    arrivals: Mutex<Vec<(Instant, bool)>>,
+    /// Every decoded export request's `content-encoding` (HTTP) / `grpc-encoding` (gRPC).
+    encodings: Mutex<Vec<(&'static str, Option<String>)>>,
 }
 
 enum Outcome {
@@ -116,10 +124,21 @@ impl State {
         request: ExportTraceServiceRequest,
         transport: &'static str,
     ) -> Outcome {
+        let arrived = Instant::now();
+        let encoding = match transport {
+            "grpc" => "grpc-encoding",
+            _ => "content-encoding",
+        };
+        let encoding = headers
+            .get(encoding)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        self.encodings.lock().unwrap().push((transport, encoding));
         self.headers.lock().unwrap().push(headers);
         if let Some(failure) = self.take_failure() {
+            self.arrivals.lock().unwrap().push((arrived, true));
             return Outcome::Fail(failure);
         }
+        self.arrivals.lock().unwrap().push((arrived, false));
         self.spans
             .lock()
             .unwrap()
@@ -183,6 +202,18 @@ impl TraceService for Grpc {
             }
             Outcome::Fail(Failure::Internal) => {
                 Err(tonic::Status::invalid_argument("injected failure"))
+            }
+            Outcome::Fail(Failure::Status { retry_after, .. }) => {
+                use tonic_types::{ErrorDetails, StatusExt};
+                let message = "injected failure";
+                Err(match retry_after {
+                    None => tonic::Status::unavailable(message),
+                    Some(secs) => tonic::Status::with_error_details(
+                        tonic::Code::Unavailable,
+                        message,
+                        ErrorDetails::with_retry_info(Some(Duration::from_secs(secs))),
+                    ),
+                })
             }
         }
     }
@@ -317,6 +348,18 @@ impl Receiver {
     /// Requests answered with an error (injected failures, and undecodable HTTP requests).
     pub fn failed_requests(&self) -> usize {
         self.state.failed.load(Ordering::SeqCst)
+    }
+
+    /// When each decoded export request arrived, and whether it was failed on purpose, in
+    /// arrival order.
+    pub fn arrivals(&self) -> Vec<(Instant, bool)> {
+        self.state.arrivals.lock().unwrap().clone()
+    }
+
+    /// Each decoded export request's transport and encoding: `content-encoding` (HTTP) or
+    /// `grpc-encoding` (gRPC), `None` when the request had none.
+    pub fn encodings(&self) -> Vec<(&'static str, Option<String>)> {
+        self.state.encodings.lock().unwrap().clone()
     }
 
     /// The HTTP request headers / gRPC metadata of every request seen, failed ones included.
@@ -481,6 +524,23 @@ async fn http_export(state: &State, req: Request<Incoming>) -> Response<TestBody
                 message: "injected failure".into(),
             };
             protobuf_response(StatusCode::BAD_REQUEST, body.encode_to_vec())
+        }
+        Outcome::Fail(Failure::Status {
+            http: code,
+            retry_after,
+        }) => {
+            let body = RpcStatus {
+                code: 14,
+                message: "injected failure".into(),
+            };
+            let status = StatusCode::from_u16(code).unwrap();
+            let mut response = protobuf_response(status, body.encode_to_vec());
+            if let Some(secs) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, secs.to_string().parse().unwrap());
+            }
+            response
         }
     }
 }
