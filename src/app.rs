@@ -86,12 +86,13 @@ pub async fn start_from_file(path: &Path, watch: bool) -> Result<Running, StartE
     running.admin.reloader.set(reloader.clone()).ok();
     if watch {
         let changed = Arc::new(tokio::sync::Notify::new());
-        let watcher = crate::config::watch::watch(path, changed.clone()).map_err(|source| {
-            StartError::Watch {
+        let (relevant, ignored) = running.metrics.config_watch_events();
+        let counters = crate::config::watch::WatchCounters { relevant, ignored };
+        let watcher = crate::config::watch::watch(&[path.to_owned()], changed.clone(), counters)
+            .map_err(|source| StartError::Watch {
                 path: path.to_owned(),
                 source,
-            }
-        })?;
+            })?;
         let stop = running.stop.subscribe();
         running.tasks.push(tokio::spawn(reload_on_change(
             watcher, changed, reloader, stop,
@@ -390,7 +391,7 @@ fn scraped(
                     count,
                 ));
             }
-            let last = reloader.last_applied().map_or(0.0, |t| t.as_secs_f64());
+            let last = reloader.last_applied().unwrap_or(0.0);
             values.push(Scraped {
                 name: "config_last_reload_timestamp",
                 help: "Unix time of the last applied reload (0: none yet)",

@@ -41,6 +41,7 @@ pub struct Metrics {
     export_batch_duration: Histogram,
     tls_handshake_failures: Family<Labels, Counter>,
     tls_cert_reloads: Family<Labels, Counter>,
+    config_watch_events: Family<Labels, Counter>,
 }
 
 /// A listener's counters of rejected trace-context headers, one per propagation format.
@@ -184,7 +185,15 @@ impl Metrics {
             "Listener certificate reloads by outcome (applied, failed: the old one kept serving)",
             tls_cert_reloads.clone(),
         );
+        let config_watch_events = Family::<Labels, Counter>::default();
+        registry.register(
+            "config_watch_events",
+            "Changes seen in the config file's directory: reload (the config file, ..data or a \
+             link it leads through; debounced into reloads) or ignored (other files, reads)",
+            config_watch_events.clone(),
+        );
         Metrics {
+            config_watch_events,
             tls_handshake_failures,
             tls_cert_reloads,
             registry,
@@ -279,6 +288,16 @@ impl Metrics {
             self.tls_cert_reloads.get_or_create(&labels).clone()
         };
         (outcome("applied"), outcome("failed"))
+    }
+
+    /// The config watcher's event counters: (reload, ignored).
+    pub fn config_watch_events(&self) -> (Counter, Counter) {
+        let action = |a: &str| {
+            self.config_watch_events
+                .get_or_create(&vec![("action", a.to_string())])
+                .clone()
+        };
+        (action("reload"), action("ignored"))
     }
 
     /// Handles for `listener`'s rejected trace-context headers of each of `formats`.
