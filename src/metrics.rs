@@ -290,6 +290,42 @@ impl Metrics {
         (outcome("applied"), outcome("failed"))
     }
 
+    /// Removes the request series of a route that a reload removed (every status class):
+    /// they would otherwise be exposed, unchanging, until the process ends. Requests still
+    /// running on the old config count into the removed series, which are not exposed.
+    pub fn remove_route(&self, listener: &str, route: &str, upstream: &str) {
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            self.requests.remove(&vec![
+                ("listener", listener.to_string()),
+                ("route", route.to_string()),
+                ("upstream", upstream.to_string()),
+                ("status_class", class.to_string()),
+            ]);
+        }
+    }
+
+    /// Removes the duration histogram of `route` on `listener` (no route left has its name).
+    pub fn remove_route_duration(&self, listener: &str, route: &str) {
+        self.request_duration.remove(&vec![
+            ("listener", listener.to_string()),
+            ("route", route.to_string()),
+        ]);
+    }
+
+    /// Removes the connection and retry series of an upstream that a reload removed.
+    pub fn remove_upstream(&self, upstream: &str) {
+        let labels: Labels = vec![("upstream", upstream.to_string())];
+        for family in [
+            &self.connect_attempts,
+            &self.connect_failures,
+            &self.connect_timeouts,
+            &self.retries,
+            &self.retry_budget_exhausted,
+        ] {
+            family.remove(&labels);
+        }
+    }
+
     /// The config watcher's event counters: (reload, ignored).
     pub fn config_watch_events(&self) -> (Counter, Counter) {
         let action = |a: &str| {

@@ -176,16 +176,18 @@ impl Reloader {
             return ReloadOutcome::RestartRequired { fields };
         }
         let generation = current.generation + 1;
-        let next = match Snapshot::build(Arc::new(config), generation, Some(current), &self.metrics)
-        {
-            Ok(next) => next,
-            Err(err) => {
-                return ReloadOutcome::Rejected {
-                    errors: vec![err.to_string()],
-                };
-            }
-        };
+        let new_config = Arc::new(config);
+        let next =
+            match Snapshot::build(new_config.clone(), generation, Some(current), &self.metrics) {
+                Ok(next) => next,
+                Err(err) => {
+                    return ReloadOutcome::Rejected {
+                        errors: vec![err.to_string()],
+                    };
+                }
+            };
         self.shared.store(Arc::new(next));
+        crate::proxy::remove_stale_series(&current.config, &new_config, &self.metrics);
         ReloadOutcome::Applied { generation }
     }
 
@@ -308,7 +310,11 @@ mod tests {
     #[test]
     fn rejected_reloads_list_the_errors_without_the_summary_line() {
         let errors = crate::config::ConfigErrors::new(vec![
-            crate::config::ConfigError::new("routes[0].upstream", Some(7), "\"pay\" is not defined"),
+            crate::config::ConfigError::new(
+                "routes[0].upstream",
+                Some(7),
+                "\"pay\" is not defined",
+            ),
             crate::config::ConfigError::new("", Some(2), "syntax error: expected `]`"),
         ]);
         let err = LoadError::Invalid {

@@ -34,5 +34,5 @@ mod upstream;
 pub use self::body::ResponseBody;
 pub use self::error::ProxyError;
 pub use self::listener::{ConnInfo, ListenerCtx, serve};
-pub use self::snapshot::{RouteTarget, Shared, Snapshot};
+pub use self::snapshot::{RouteTarget, Shared, Snapshot, remove_stale_series};
 pub use self::upstream::Upstream;
