@@ -315,7 +315,8 @@ fn scraped(
         let mut values = vec![
             value(
                 "spans_started",
-                "Sampled spans finished and handed to the export queue",
+                "Spans started (sampled; unsampled ones when tail keeping keeps them): once \
+                 no request is in flight, started = exported + dropped + failed + queue depth",
                 ScrapedKind::Counter,
                 vec![],
                 started,
@@ -368,10 +369,11 @@ fn scraped(
             ),
             value(
                 "export_queue_depth",
-                "Spans waiting in the export queue",
+                "Spans ended and waiting for export: in the queue or in the batch being built \
+                 or sent",
                 ScrapedKind::Gauge,
                 vec![],
-                sink.queue_depth() as u64,
+                sink.pending(),
             ),
             value(
                 "config_generation",
