@@ -204,6 +204,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         metrics.clone(),
         reloader_slot,
     ));
+    // Serving before the first log line: a process whose log writes block (a full stderr
+    // pipe) still answers /live and /ready (503) from here on.
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve(admin_socket, admin.clone(), admin_stop_rx));
     info!(addr = %admin_addr, "admin listening");
     if !admin_addr.ip().is_loopback() {
         match config.admin.reload_token {
@@ -215,8 +219,6 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             }
         }
     }
-    let (admin_stop, admin_stop_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(admin::serve(admin_socket, admin.clone(), admin_stop_rx));
 
     let mut sockets = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
