@@ -78,10 +78,7 @@ async fn an_invalid_file_is_rejected_and_the_old_config_keeps_serving() {
 
     // A semantic error: every error listed with its key and line, nothing applied.
     let bad = good.replace("upstream = \"a\"", "upstream = \"pay\"");
-    let line = 1 + bad
-        .lines()
-        .position(|l| l == "upstream = \"pay\"")
-        .unwrap();
+    let line = 1 + bad.lines().position(|l| l == "upstream = \"pay\"").unwrap();
     write_atomic(&path, &bad);
     wait_until("rejected again", DEADLINE, || {
         let reloader = reloader.clone();
@@ -101,7 +98,10 @@ async fn an_invalid_file_is_rejected_and_the_old_config_keeps_serving() {
     load.wait_for_more(200).await;
     let (ok, failed, wrong) = load.stop().await;
     assert_eq!(failed, 0, "failed requests ({ok} ok)");
-    assert!(wrong.is_empty(), "not answered by the old upstream: {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "not answered by the old upstream: {wrong:?}"
+    );
 
     // The admin endpoint shows it.
     let admin = running.admin_addr();
@@ -216,10 +216,8 @@ async fn unchanged_upstreams_keep_their_pools_and_removed_ones_finish_in_flight_
     // on its way back to the pool).
     let a_def = format!("[upstreams.a]\nendpoints = [\"{}\"]\n", a.addr);
     let two_routes = |slow_route: bool, a_extra: &str| {
-        let mut text = config(&Setup::new(a.addr, slow.addr, "a")).replace(
-            &a_def,
-            &format!("{a_def}protocol = \"http2\"\n{a_extra}"),
-        );
+        let mut text = config(&Setup::new(a.addr, slow.addr, "a"))
+            .replace(&a_def, &format!("{a_def}protocol = \"http2\"\n{a_extra}"));
         if slow_route {
             text.push_str(
                 "[[routes]]\nlistener = \"main\"\npath_prefix = \"/slow\"\nupstream = \"b\"\n",

@@ -13,7 +13,8 @@ use reload_common::*;
 
 /// The watcher's event counters: (reload, ignored).
 async fn watch_events(admin: SocketAddr) -> (f64, f64) {
-    let series = |action: &str| format!("hoptrace_config_watch_events_total{{action=\"{action}\"}}");
+    let series =
+        |action: &str| format!("hoptrace_config_watch_events_total{{action=\"{action}\"}}");
     (
         metric(admin, &series("reload")).await.unwrap(),
         metric(admin, &series("ignored")).await.unwrap(),
@@ -51,7 +52,10 @@ async fn wait_relevant(admin: SocketAddr, seen: f64) -> f64 {
         if now > seen {
             return now;
         }
-        assert!(start.elapsed() < DEADLINE, "the watcher never saw the write");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the watcher never saw the write"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
@@ -70,7 +74,11 @@ async fn another_file_written_in_the_directory_triggers_no_reload() {
     append_lines(&log, 20);
     // Each append is at least a write and a close.
     wait_ignored(admin, ignored, 40.0).await;
-    assert_eq!(watch_events(admin).await.0, reload, "no event counted for a reload");
+    assert_eq!(
+        watch_events(admin).await.0,
+        reload,
+        "no event counted for a reload"
+    );
     assert_eq!(outcomes(&running), [0, 0, 0, 0], "no reload at all");
 
     // A real change: exactly one reload, applied (the temporary file of the atomic write
@@ -120,7 +128,11 @@ async fn a_write_in_several_steps_is_one_reload_of_the_whole_file() {
     assert_eq!(served_by(running.listener_addr("main").unwrap()).await, "b");
     // Any reload that read a partial file ran before the one that applied the whole file.
     let [applied, _, rejected, _] = outcomes(&running);
-    assert_eq!((applied, rejected), (1, 0), "one applied reload, none rejected");
+    assert_eq!(
+        (applied, rejected),
+        (1, 0),
+        "one applied reload, none rejected"
+    );
     assert_eq!(running.reloader().unwrap().failures(), 0);
     running.shutdown().await;
 }

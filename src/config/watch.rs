@@ -213,7 +213,10 @@ mod tests {
                 EventKind::Create(CreateKind::Folder),
                 vec!["/etc/h/..2026_11_21_20_05_00.000000002"],
             ),
-            (EventKind::Create(CreateKind::Any), vec!["/etc/h/..data_tmp"]),
+            (
+                EventKind::Create(CreateKind::Any),
+                vec!["/etc/h/..data_tmp"],
+            ),
             (
                 EventKind::Modify(ModifyKind::Name(RenameMode::From)),
                 vec!["/etc/h/cfg.toml.tmp"],

@@ -228,7 +228,10 @@ impl Load {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             let sent = task.await.unwrap();
-            assert!(sent < MAX_EACH, "a client hit its bound before the stop signal");
+            assert!(
+                sent < MAX_EACH,
+                "a client hit its bound before the stop signal"
+            );
         }
         let wrong = self.wrong.lock().unwrap().clone();
         (
