@@ -50,10 +50,7 @@ pub fn watch(
     changed: Arc<tokio::sync::Notify>,
     counters: WatchCounters,
 ) -> notify::Result<ConfigWatcher> {
-    let files: Vec<(PathBuf, PathBuf)> = files
-        .iter()
-        .map(|f| (directory_of(f).to_owned(), f.clone()))
-        .collect();
+    let files = watched_files(files);
     let mut dirs: Vec<PathBuf> = files.iter().map(|(dir, _)| dir.clone()).collect();
     dirs.sort();
     dirs.dedup();
@@ -75,6 +72,19 @@ pub fn watch(
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
     }
     Ok(ConfigWatcher { _watcher: watcher })
+}
+
+/// Each file with the directory watched for it, both absolute: notify reports events under
+/// the absolute form of a relative directory, and a relative config path (`--config
+/// cfg.toml`) must match them.
+fn watched_files(files: &[PathBuf]) -> Vec<(PathBuf, PathBuf)> {
+    files
+        .iter()
+        .map(|f| {
+            let f = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            (directory_of(&f).to_owned(), f)
+        })
+        .collect()
 }
 
 /// The directory watched for `path`: its parent, `.` for a bare file name.
@@ -280,5 +290,32 @@ mod tests {
         );
         // A bare file name watches ".".
         assert_eq!(directory_of(Path::new("cfg.toml")), Path::new("."));
+    }
+
+    #[tokio::test]
+    async fn a_relative_path_is_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        // The temporary directory, named relative to the current one.
+        let cwd = std::env::current_dir().unwrap();
+        let mut relative = PathBuf::new();
+        for _ in cwd.components().skip(1) {
+            relative.push("..");
+        }
+        relative.push(dir.path().strip_prefix("/").unwrap());
+        let path = relative.join("cfg.toml");
+        assert!(path.is_relative());
+        std::fs::write(&path, "a").unwrap();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let counters = WatchCounters::default();
+        let _watcher = watch(&[path.clone()], changed.clone(), counters.clone()).unwrap();
+        std::fs::write(relative.join("other.log"), "x").unwrap();
+        std::fs::write(&path, "b").unwrap();
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(20), changed.notified());
+        seen.await.expect("the change of the config was not seen");
+        // The other file's events came first, and were ignored.
+        assert!(counters.ignored.get() >= 1);
+        assert!(counters.relevant.get() >= 1);
+        let (dir, file) = &watched_files(&[path])[0];
+        assert!(dir.is_absolute() && file.is_absolute());
     }
 }
