@@ -307,7 +307,8 @@ mod tests {
         std::fs::write(&path, "a").unwrap();
         let changed = Arc::new(tokio::sync::Notify::new());
         let counters = WatchCounters::default();
-        let _watcher = watch(&[path.clone()], changed.clone(), counters.clone()).unwrap();
+        let watched = std::slice::from_ref(&path);
+        let _watcher = watch(watched, changed.clone(), counters.clone()).unwrap();
         std::fs::write(relative.join("other.log"), "x").unwrap();
         std::fs::write(&path, "b").unwrap();
         let seen = tokio::time::timeout(std::time::Duration::from_secs(20), changed.notified());
