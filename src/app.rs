@@ -86,12 +86,13 @@ pub async fn start_from_file(path: &Path, watch: bool) -> Result<Running, StartE
     running.admin.reloader.set(reloader.clone()).ok();
     if watch {
         let changed = Arc::new(tokio::sync::Notify::new());
-        let watcher = crate::config::watch::watch(path, changed.clone()).map_err(|source| {
-            StartError::Watch {
+        let (relevant, ignored) = running.metrics.config_watch_events();
+        let counters = crate::config::watch::WatchCounters { relevant, ignored };
+        let watcher = crate::config::watch::watch(&[path.to_owned()], changed.clone(), counters)
+            .map_err(|source| StartError::Watch {
                 path: path.to_owned(),
                 source,
-            }
-        })?;
+            })?;
         let stop = running.stop.subscribe();
         running.tasks.push(tokio::spawn(reload_on_change(
             watcher, changed, reloader, stop,
@@ -203,6 +204,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         metrics.clone(),
         reloader_slot,
     ));
+    // Serving before the first log line: a process whose log writes block (a full stderr
+    // pipe) still answers /live and /ready (503) from here on.
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve(admin_socket, admin.clone(), admin_stop_rx));
     info!(addr = %admin_addr, "admin listening");
     if !admin_addr.ip().is_loopback() {
         match config.admin.reload_token {
@@ -214,8 +219,6 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             }
         }
     }
-    let (admin_stop, admin_stop_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(admin::serve(admin_socket, admin.clone(), admin_stop_rx));
 
     let mut sockets = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
@@ -314,7 +317,8 @@ fn scraped(
         let mut values = vec![
             value(
                 "spans_started",
-                "Sampled spans finished and handed to the export queue",
+                "Spans started (sampled; unsampled ones when tail keeping keeps them): once \
+                 no request is in flight, started = exported + dropped + failed + queue depth",
                 ScrapedKind::Counter,
                 vec![],
                 started,
@@ -367,10 +371,11 @@ fn scraped(
             ),
             value(
                 "export_queue_depth",
-                "Spans waiting in the export queue",
+                "Spans ended and waiting for export: in the queue or in the batch being built \
+                 or sent",
                 ScrapedKind::Gauge,
                 vec![],
-                sink.queue_depth() as u64,
+                sink.pending(),
             ),
             value(
                 "config_generation",
@@ -390,7 +395,7 @@ fn scraped(
                     count,
                 ));
             }
-            let last = reloader.last_applied().map_or(0.0, |t| t.as_secs_f64());
+            let last = reloader.last_applied().unwrap_or(0.0);
             values.push(Scraped {
                 name: "config_last_reload_timestamp",
                 help: "Unix time of the last applied reload (0: none yet)",

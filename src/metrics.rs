@@ -41,6 +41,7 @@ pub struct Metrics {
     export_batch_duration: Histogram,
     tls_handshake_failures: Family<Labels, Counter>,
     tls_cert_reloads: Family<Labels, Counter>,
+    config_watch_events: Family<Labels, Counter>,
 }
 
 /// A listener's counters of rejected trace-context headers, one per propagation format.
@@ -184,7 +185,15 @@ impl Metrics {
             "Listener certificate reloads by outcome (applied, failed: the old one kept serving)",
             tls_cert_reloads.clone(),
         );
+        let config_watch_events = Family::<Labels, Counter>::default();
+        registry.register(
+            "config_watch_events",
+            "Changes seen in the config file's directory: reload (the config file, ..data or a \
+             link it leads through; debounced into reloads) or ignored (other files, reads)",
+            config_watch_events.clone(),
+        );
         Metrics {
+            config_watch_events,
             tls_handshake_failures,
             tls_cert_reloads,
             registry,
@@ -279,6 +288,52 @@ impl Metrics {
             self.tls_cert_reloads.get_or_create(&labels).clone()
         };
         (outcome("applied"), outcome("failed"))
+    }
+
+    /// Removes the request series of a route that a reload removed (every status class):
+    /// they would otherwise be exposed, unchanging, until the process ends. Requests still
+    /// running on the old config count into the removed series, which are not exposed.
+    pub fn remove_route(&self, listener: &str, route: &str, upstream: &str) {
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            self.requests.remove(&vec![
+                ("listener", listener.to_string()),
+                ("route", route.to_string()),
+                ("upstream", upstream.to_string()),
+                ("status_class", class.to_string()),
+            ]);
+        }
+    }
+
+    /// Removes the duration histogram of `route` on `listener` (no route left has its name).
+    pub fn remove_route_duration(&self, listener: &str, route: &str) {
+        self.request_duration.remove(&vec![
+            ("listener", listener.to_string()),
+            ("route", route.to_string()),
+        ]);
+    }
+
+    /// Removes the connection and retry series of an upstream that a reload removed.
+    pub fn remove_upstream(&self, upstream: &str) {
+        let labels: Labels = vec![("upstream", upstream.to_string())];
+        for family in [
+            &self.connect_attempts,
+            &self.connect_failures,
+            &self.connect_timeouts,
+            &self.retries,
+            &self.retry_budget_exhausted,
+        ] {
+            family.remove(&labels);
+        }
+    }
+
+    /// The config watcher's event counters: (reload, ignored).
+    pub fn config_watch_events(&self) -> (Counter, Counter) {
+        let action = |a: &str| {
+            self.config_watch_events
+                .get_or_create(&vec![("action", a.to_string())])
+                .clone()
+        };
+        (action("reload"), action("ignored"))
     }
 
     /// Handles for `listener`'s rejected trace-context headers of each of `formats`.

@@ -7,12 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ListenerConfig, TraceIncoming};
+use crate::config::{Config, ListenerConfig, LoadError, TraceIncoming};
 use crate::metrics::Metrics;
 use crate::proxy::{Shared, Snapshot};
 use crate::tls::ServerCerts;
@@ -118,7 +118,7 @@ impl Reloader {
                 errors: vec![format!("config load task failed: {join}")],
             },
             Ok(Err(err)) => ReloadOutcome::Rejected {
-                errors: err.to_string().lines().map(str::to_string).collect(),
+                errors: load_errors(&err),
             },
             Ok(Ok(config)) => self.apply(config, &current),
         };
@@ -131,10 +131,11 @@ impl Reloader {
         if let Some(counter) = self.outcomes.get(index) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
+        // One clock reading for the metric and `GET /reload`, so that they agree.
+        let now = unix_ms(SystemTime::now());
         match &outcome {
             ReloadOutcome::Applied { generation } => {
                 info!(?trigger, generation, "config reloaded");
-                let now = unix_ms(SystemTime::now());
                 self.last_applied_ms.store(now, Ordering::Relaxed);
             }
             ReloadOutcome::Unchanged { generation } => {
@@ -143,7 +144,7 @@ impl Reloader {
             ReloadOutcome::Rejected { errors } => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 for e in errors {
-                    error!(?trigger, error = %e, "config reload rejected; the previous config keeps serving");
+                    error!(?trigger, file = %self.path.display(), error = %e, "config reload rejected; the previous config keeps serving");
                 }
             }
             ReloadOutcome::RestartRequired { fields } => {
@@ -156,7 +157,7 @@ impl Reloader {
         }
         if let Ok(mut last) = self.last.lock() {
             *last = Some(LastReload {
-                time: unix_ms(SystemTime::now()) as f64 / 1000.0,
+                time: unix_seconds(now),
                 trigger,
                 outcome: outcome.clone(),
             });
@@ -175,16 +176,18 @@ impl Reloader {
             return ReloadOutcome::RestartRequired { fields };
         }
         let generation = current.generation + 1;
-        let next = match Snapshot::build(Arc::new(config), generation, Some(current), &self.metrics)
-        {
-            Ok(next) => next,
-            Err(err) => {
-                return ReloadOutcome::Rejected {
-                    errors: vec![err.to_string()],
-                };
-            }
-        };
+        let new_config = Arc::new(config);
+        let next =
+            match Snapshot::build(new_config.clone(), generation, Some(current), &self.metrics) {
+                Ok(next) => next,
+                Err(err) => {
+                    return ReloadOutcome::Rejected {
+                        errors: vec![err.to_string()],
+                    };
+                }
+            };
         self.shared.store(Arc::new(next));
+        crate::proxy::remove_stale_series(&current.config, &new_config, &self.metrics);
         ReloadOutcome::Applied { generation }
     }
 
@@ -216,11 +219,12 @@ impl Reloader {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// Unix time of the last applied reload, if any.
-    pub fn last_applied(&self) -> Option<Duration> {
+    /// Unix time (seconds, millisecond precision) of the last applied reload, if any: the
+    /// same value as `GET /reload`'s `last.time` for that reload.
+    pub fn last_applied(&self) -> Option<f64> {
         match self.last_applied_ms.load(Ordering::Relaxed) {
             0 => None,
-            ms => Some(Duration::from_millis(ms)),
+            ms => Some(unix_seconds(ms)),
         }
     }
 }
@@ -228,6 +232,21 @@ impl Reloader {
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn unix_seconds(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// The errors of a file that failed to load, one per entry, each naming its key and line
+/// (not `LoadError`'s display, whose first line is a summary such as `cfg.toml: 1 error`).
+fn load_errors(err: &LoadError) -> Vec<String> {
+    match err {
+        LoadError::Invalid { errors, .. } | LoadError::Env { errors } => {
+            errors.iter().map(ToString::to_string).collect()
+        }
+        LoadError::Io { .. } => vec![err.to_string()],
+    }
 }
 
 /// The fields that only a restart can change, named as in the file, where `old` and `new`
@@ -286,5 +305,28 @@ mod tests {
         new.tracing.zipkin.timeout *= 2;
         new.listeners[0].max_header_bytes += 1;
         assert_eq!(static_changes(&old, &new), ["listeners", "tracing.zipkin"]);
+    }
+
+    #[test]
+    fn rejected_reloads_list_the_errors_without_the_summary_line() {
+        let errors = crate::config::ConfigErrors::new(vec![
+            crate::config::ConfigError::new(
+                "routes[0].upstream",
+                Some(7),
+                "\"pay\" is not defined",
+            ),
+            crate::config::ConfigError::new("", Some(2), "syntax error: expected `]`"),
+        ]);
+        let err = LoadError::Invalid {
+            path: PathBuf::from("cfg.toml"),
+            errors: errors.clone(),
+        };
+        assert!(err.to_string().starts_with("cfg.toml: 2 errors\n"));
+        let listed = [
+            "syntax error: expected `]` (line 2)",
+            "routes[0].upstream: \"pay\" is not defined (line 7)",
+        ];
+        assert_eq!(load_errors(&err), listed);
+        assert_eq!(load_errors(&LoadError::Env { errors }), listed);
     }
 }

@@ -254,25 +254,23 @@ pub fn refresh_all(certs: &[Arc<ServerCerts>]) {
     }
 }
 
-/// Re-reads `certs` whenever something changes in the directories of their files (debounced
-/// like the config file: writers replace a certificate and its key in quick succession),
-/// until `stop`. The returned task holds the watchers.
+/// Re-reads `certs` whenever one of their files changes (their directories are watched, as
+/// for the config file, and other entries there ignored; debounced: writers replace a
+/// certificate and its key in quick succession), until `stop`. The returned task holds the
+/// watcher.
 pub fn watch_files(
     certs: Vec<Arc<ServerCerts>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> notify::Result<tokio::task::JoinHandle<()>> {
     let changed = Arc::new(tokio::sync::Notify::new());
-    let mut watchers = Vec::new();
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for path in certs.iter().flat_map(|c| c.paths()) {
-        let dir = path.parent().map(|d| d.to_path_buf()).unwrap_or_default();
-        if !dirs.contains(&dir) {
-            dirs.push(dir);
-            watchers.push(crate::config::watch::watch(path, changed.clone())?);
-        }
-    }
+    let files: Vec<PathBuf> = certs
+        .iter()
+        .flat_map(|c| c.paths())
+        .map(|p| p.to_path_buf())
+        .collect();
+    let watcher = crate::config::watch::watch(&files, changed.clone(), Default::default())?;
     Ok(tokio::spawn(async move {
-        let _watchers = watchers;
+        let _watcher = watcher;
         loop {
             tokio::select! {
                 _ = changed.notified() => {}

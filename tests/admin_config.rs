@@ -18,7 +18,9 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hoptrace");
 const DEADLINE: Duration = Duration::from_secs(30);
-const SECRETS: [&str; 3] = ["SECRET-123", "SECRET-456", "SECRET-789"];
+const SECRETS: [&str; 4] = ["SECRET-123", "SECRET-456", "SECRET-789", "SECRET-000"];
+/// `[admin] reload_token`, the fourth secret: every `POST /reload` must carry it.
+const RELOAD_TOKEN: &str = "reload_token = \"SECRET-000-reload-token\"";
 
 /// A `hoptrace run` process at debug level, with everything it writes kept.
 struct Proxy {
@@ -133,7 +135,7 @@ fn closed_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-fn config(upstream: SocketAddr, protocol: &str, otlp_headers: &str) -> String {
+fn config(upstream: SocketAddr, protocol: &str, otlp_headers: &str, reload_token: &str) -> String {
     let collector = closed_port();
     let down = closed_port();
     format!(
@@ -142,6 +144,7 @@ fn config(upstream: SocketAddr, protocol: &str, otlp_headers: &str) -> String {
 name = "secrets-test"
 [admin]
 bind = "127.0.0.1:0"
+{reload_token}
 [shutdown]
 grace = "1s"
 [tracing]
@@ -184,7 +187,12 @@ fn assert_no_secret(what: &str, text: &str) {
 
 async fn secrets_never_leave_the_process(protocol: &str) {
     let upstream = echo_server("app").await;
-    let good = config(upstream.addr, protocol, r#"{ "x-api-key" = "SECRET-123" }"#);
+    let good = config(
+        upstream.addr,
+        protocol,
+        r#"{ "x-api-key" = "SECRET-123" }"#,
+        RELOAD_TOKEN,
+    );
     let proxy = Proxy::spawn(&good);
     let (main, admin) = (proxy.main, proxy.admin);
     let client = http1_client();
@@ -238,20 +246,50 @@ async fn secrets_never_leave_the_process(protocol: &str) {
         c["tracing"]["otlp"]["headers"],
         serde_json::json!({"x-api-key": "****"})
     );
+    assert_eq!(c["admin"]["reload_token"], "****");
 
-    // Invalid edits that put the secret in an error's neighbourhood: a bad header name next to
-    // it, a value that is not a valid header value, a string left unterminated.
+    // POST /reload without the token, and with a wrong one: refused, nothing echoed.
+    for authorization in [None, Some("Bearer not-the-reload-token")] {
+        let mut request = Request::post(format!("http://{admin}/reload"));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = client
+            .request(request.body(full("")).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        assert!(
+            status == 401 || status == 403,
+            "{authorization:?}: {status}"
+        );
+        assert_no_secret("a refused reload", &body_string(response).await);
+    }
+
+    // Invalid edits that put a secret in an error's neighbourhood: a bad header name next to
+    // it, a value that is not a valid header value, a string left unterminated; the reload
+    // token unquoted, too short, of the wrong type, and unterminated.
+    let api_key = r#"{ "x-api-key" = "SECRET-123" }"#;
     let bad_edits = [
-        r#"{ "x-api-key" = "SECRET-123", "bad name" = "SECRET-123" }"#,
-        r#"{ "x-api-key" = "SECRET-123\n" }"#,
-        r#"{ "x-api-key" = "SECRET-123 }"#,
+        (
+            r#"{ "x-api-key" = "SECRET-123", "bad name" = "SECRET-123" }"#,
+            RELOAD_TOKEN,
+        ),
+        (r#"{ "x-api-key" = "SECRET-123\n" }"#, RELOAD_TOKEN),
+        (r#"{ "x-api-key" = "SECRET-123 }"#, RELOAD_TOKEN),
+        (api_key, "reload_token = SECRET-000-reload-token"),
+        (api_key, "reload_token = \"SECRET-000\""),
+        (api_key, "reload_token = [\"SECRET-000-reload-token\"]"),
+        (api_key, "reload_token = \"SECRET-000-reload-token"),
     ];
-    for (i, headers) in bad_edits.into_iter().enumerate() {
-        let bad = config(upstream.addr, protocol, headers);
+    for (i, (headers, token)) in bad_edits.into_iter().enumerate() {
+        let bad = config(upstream.addr, protocol, headers, token);
         std::fs::write(proxy.dir.path().join("config.toml"), bad).unwrap();
+        // The token of the config serving (the good one) is what authorizes a reload.
         let response = client
             .request(
                 Request::post(format!("http://{admin}/reload"))
+                    .header("authorization", "Bearer SECRET-000-reload-token")
                     .body(full(""))
                     .unwrap(),
             )
@@ -269,7 +307,7 @@ async fn secrets_never_leave_the_process(protocol: &str) {
     let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["generation"], 1);
     // At least: the file watcher may also have tried (and rejected) an edit.
-    assert!(body["reload"]["failures"].as_u64().unwrap() >= 3, "{body}");
+    assert!(body["reload"]["failures"].as_u64().unwrap() >= 7, "{body}");
     assert_eq!(body["reload"]["last"]["outcome"], "rejected");
 
     // The spans of those requests reached the exporter, whose failures are logged.
@@ -283,6 +321,7 @@ async fn secrets_never_leave_the_process(protocol: &str) {
     for expected in [
         "x-api-key",
         "config reload rejected",
+        "POST /reload refused",
         "request failed",
         "span export failed",
     ] {

@@ -544,6 +544,7 @@ async fn the_access_log_line_carries_the_exported_span_trace_id() {
     assert_eq!(line["bytes"], body.len());
     assert_eq!(line["upstream"], upstream.addr.to_string());
     assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(line.get("error.type").is_none());
     assert!(line.get("error_type").is_none());
     assert!(line["timestamp"].is_string());
 
@@ -556,7 +557,7 @@ async fn the_access_log_line_carries_the_exported_span_trace_id() {
             break line;
         }
     };
-    assert_eq!(line["error_type"], "connect_error");
+    assert_eq!(line["error.type"], "connect_error", "{line}");
     assert_eq!(line["status"], 502);
 }
 

@@ -2,133 +2,27 @@
 //! all or nothing, zero failed requests, pools of unchanged upstreams kept.
 
 mod common;
+#[path = "common/reload.rs"]
+mod reload_common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use common::otlp::Receiver;
 use common::*;
 use hoptrace::reload::ReloadOutcome;
 use http::Request;
-
-const DEADLINE: Duration = Duration::from_secs(20);
-
-struct Setup<'a> {
-    a: SocketAddr,
-    b: SocketAddr,
-    /// Which upstream the route uses.
-    route_to: &'a str,
-    bind: &'a str,
-    tracing: &'a str,
-}
-
-fn config(s: &Setup<'_>) -> String {
-    format!(
-        r#"
-[service]
-name = "reload-test"
-[admin]
-bind = "127.0.0.1:0"
-[tracing]
-batch_delay = "10ms"
-{tracing}
-[[listeners]]
-name = "main"
-bind = "{bind}"
-role = "inbound"
-[[routes]]
-listener = "main"
-upstream = "{route_to}"
-[upstreams.a]
-endpoints = ["{a}"]
-[upstreams.b]
-endpoints = ["{b}"]
-"#,
-        tracing = if s.tracing.is_empty() {
-            "exporter = \"none\""
-        } else {
-            s.tracing
-        },
-        bind = s.bind,
-        route_to = s.route_to,
-        a = s.a,
-        b = s.b,
-    )
-}
-
-/// Replaces the file atomically, as editors and config management tools do.
-fn write_atomic(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-async fn served_by(addr: SocketAddr) -> String {
-    let response = get(&http1_client(), format!("http://{addr}/")).await;
-    assert_eq!(response.status(), 200);
-    response.headers()["x-upstream"]
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-async fn wait_generation(running: &hoptrace::app::Running, generation: u64) {
-    let reloader = running.reloader().unwrap().clone();
-    wait_until(&format!("generation {generation}"), DEADLINE, || {
-        let reloader = reloader.clone();
-        async move { reloader.status().generation == generation }
-    })
-    .await;
-}
-
-async fn start(dir: &Path, text: &str, watch: bool) -> (hoptrace::app::Running, PathBuf) {
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    (
-        hoptrace::app::start_from_file(&path, watch).await.unwrap(),
-        path,
-    )
-}
+use reload_common::*;
 
 #[tokio::test]
 async fn fifty_rewrites_under_load_lose_no_request() {
     let (a, b) = (echo_server("a").await, echo_server("b").await);
     let dir = tempfile::tempdir().unwrap();
-    let setup = |route_to| Setup {
-        a: a.addr,
-        b: b.addr,
-        route_to,
-        bind: "127.0.0.1:0",
-        tracing: "",
-    };
+    let setup = |route_to| Setup::new(a.addr, b.addr, route_to);
     let (running, path) = start(dir.path(), &config(&setup("a")), true).await;
     let addr = running.listener_addr("main").unwrap();
 
-    // 8 clients in a loop, each bounded to 5,000 requests, until the rewrites are done.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..8 {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        load.push(tokio::spawn(async move {
-            let client = http1_client();
-            for _ in 0..5_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let request = Request::get(format!("http://{addr}/load"))
-                    .body(full(""))
-                    .unwrap();
-                match client.request(request).await {
-                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        }));
-    }
+    // 8 clients keep requests going until every rewrite is applied and checked.
+    let load = Load::start(addr, 8);
     for i in 1..=50u64 {
         let target = if i % 2 == 1 { "b" } else { "a" };
         write_atomic(&path, &config(&setup(target)));
@@ -136,15 +30,16 @@ async fn fifty_rewrites_under_load_lose_no_request() {
         // After each applied reload, new requests reach the new upstream.
         assert_eq!(served_by(addr).await, target, "reload {i}");
     }
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    // Requests keep completing after the last reload, all of them on its upstream.
+    load.expect("a");
+    load.wait_for_more(200).await;
+    let (ok, failed, wrong) = load.stop().await;
+    assert_eq!(failed, 0, "failed requests ({ok} ok)");
+    assert!(wrong.is_empty(), "answered by the old upstream: {wrong:?}");
     let status = running.reloader().unwrap().status();
     assert_eq!(status.generation, 51, "one generation per applied reload");
     assert_eq!(status.failures, 0);
+    assert_eq!(outcomes(&running), [50, 0, 0, 0], "applied only");
     running.shutdown().await;
 }
 
@@ -152,16 +47,14 @@ async fn fifty_rewrites_under_load_lose_no_request() {
 async fn an_invalid_file_is_rejected_and_the_old_config_keeps_serving() {
     let (a, b) = (echo_server("a").await, echo_server("b").await);
     let dir = tempfile::tempdir().unwrap();
-    let good = config(&Setup {
-        a: a.addr,
-        b: b.addr,
-        route_to: "a",
-        bind: "127.0.0.1:0",
-        tracing: "",
-    });
+    let good = config(&Setup::new(a.addr, b.addr, "a"));
     let (running, path) = start(dir.path(), &good, true).await;
     let addr = running.listener_addr("main").unwrap();
     let reloader = running.reloader().unwrap().clone();
+    // Traffic runs through both rejected reloads; every answer must come from a.
+    let load = Load::start(addr, 8);
+    load.expect("a");
+    load.wait_for_more(50).await;
 
     write_atomic(&path, "[service\nname = \"broken\"\n");
     wait_until("rejected", DEADLINE, || {
@@ -174,20 +67,19 @@ async fn an_invalid_file_is_rejected_and_the_old_config_keeps_serving() {
     let ReloadOutcome::Rejected { errors } = &last.outcome else {
         panic!("{:?}", last.outcome)
     };
+    // The error itself, not LoadError's summary line ("config.toml: 1 error").
+    assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("syntax error") && e.contains("line 1")),
+        errors[0].contains("syntax error") && errors[0].ends_with("(line 1)"),
         "{errors:?}"
     );
     assert_eq!(status.generation, 1);
-    assert_eq!(served_by(addr).await, "a");
+    load.wait_for_more(200).await;
 
-    // A semantic error: every error listed, nothing applied, the counter at 2.
-    write_atomic(
-        &path,
-        &good.replace("upstream = \"a\"", "upstream = \"pay\""),
-    );
+    // A semantic error: every error listed with its key and line, nothing applied.
+    let bad = good.replace("upstream = \"a\"", "upstream = \"pay\"");
+    let line = 1 + bad.lines().position(|l| l == "upstream = \"pay\"").unwrap();
+    write_atomic(&path, &bad);
     wait_until("rejected again", DEADLINE, || {
         let reloader = reloader.clone();
         async move { reloader.failures() == 2 }
@@ -197,13 +89,19 @@ async fn an_invalid_file_is_rejected_and_the_old_config_keeps_serving() {
     let ReloadOutcome::Rejected { errors } = &last.outcome else {
         panic!("{:?}", last.outcome)
     };
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("routes[0].upstream: \"pay\" is not defined")),
-        "{errors:?}"
+    assert_eq!(
+        errors,
+        &[format!(
+            "routes[0].upstream: \"pay\" is not defined (line {line})"
+        )]
     );
-    assert_eq!(served_by(addr).await, "a");
+    load.wait_for_more(200).await;
+    let (ok, failed, wrong) = load.stop().await;
+    assert_eq!(failed, 0, "failed requests ({ok} ok)");
+    assert!(
+        wrong.is_empty(),
+        "not answered by the old upstream: {wrong:?}"
+    );
 
     // The admin endpoint shows it.
     let admin = running.admin_addr();
@@ -214,19 +112,10 @@ async fn an_invalid_file_is_rejected_and_the_old_config_keeps_serving() {
     assert_eq!(status["last"]["outcome"], "rejected");
     assert_eq!(status["last"]["trigger"], "file");
     // And /metrics counts reloads by outcome.
-    let metrics = body_string(get(&http1_client(), format!("http://{admin}/metrics")).await).await;
-    assert!(
-        metrics.contains("hoptrace_config_reloads_total{outcome=\"rejected\"} 2"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("hoptrace_config_reloads_total{outcome=\"applied\"} 0"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("hoptrace_config_generation 1"),
-        "{metrics}"
-    );
+    let series = |outcome: &str| format!("hoptrace_config_reloads_total{{outcome=\"{outcome}\"}}");
+    assert_eq!(metric(admin, &series("rejected")).await, Some(2.0));
+    assert_eq!(metric(admin, &series("applied")).await, Some(0.0));
+    assert_eq!(metric(admin, "hoptrace_config_generation").await, Some(1.0));
     running.shutdown().await;
 }
 
@@ -238,13 +127,7 @@ async fn a_kubernetes_configmap_symlink_swap_is_applied() {
     // What the kubelet lays out: config.toml → ..data/config.toml, ..data → ..<timestamp>.
     let first = root.join("..2026_11_21_20_00_00.000000001");
     std::fs::create_dir(&first).unwrap();
-    let setup = |route_to| Setup {
-        a: a.addr,
-        b: b.addr,
-        route_to,
-        bind: "127.0.0.1:0",
-        tracing: "",
-    };
+    let setup = |route_to| Setup::new(a.addr, b.addr, route_to);
     std::fs::write(first.join("config.toml"), config(&setup("a"))).unwrap();
     std::os::unix::fs::symlink(first.file_name().unwrap(), root.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/config.toml", root.join("config.toml")).unwrap();
@@ -263,6 +146,10 @@ async fn a_kubernetes_configmap_symlink_swap_is_applied() {
 
     wait_generation(&running, 2).await;
     assert_eq!(served_by(addr).await, "b");
+    // One swap, one reload: neither the new directory nor the temporary link nor the
+    // removal of the old directory reloads on its own, and nothing was read half-made.
+    assert_eq!(outcomes(&running), [1, 0, 0, 0]);
+    assert_eq!(running.reloader().unwrap().failures(), 0);
     running.shutdown().await;
 }
 
@@ -271,23 +158,14 @@ async fn post_reload_applies_and_a_listener_change_needs_a_restart() {
     let (a, b) = (echo_server("a").await, echo_server("b").await);
     let dir = tempfile::tempdir().unwrap();
     let setup = |route_to, bind| Setup {
-        a: a.addr,
-        b: b.addr,
-        route_to,
         bind,
-        tracing: "",
+        ..Setup::new(a.addr, b.addr, route_to)
     };
     // No watcher: only POST /reload reloads here.
     let (running, path) = start(dir.path(), &config(&setup("a", "127.0.0.1:0")), false).await;
     let addr = running.listener_addr("main").unwrap();
     let admin = running.admin_addr();
-    let post = || async move {
-        let request = Request::post(format!("http://{admin}/reload"))
-            .body(full(""))
-            .unwrap();
-        let response = http1_client().request(request).await.unwrap();
-        (response.status().as_u16(), body_json(response).await)
-    };
+    let post = || post_reload(admin);
 
     let (status, body) = post().await;
     assert_eq!(
@@ -333,14 +211,13 @@ async fn unchanged_upstreams_keep_their_pools_and_removed_ones_finish_in_flight_
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let two_routes = |slow_route: bool| {
-        let mut text = config(&Setup {
-            a: a.addr,
-            b: slow.addr,
-            route_to: "a",
-            bind: "127.0.0.1:0",
-            tracing: "",
-        });
+    // Upstream a speaks h2c: one connection carries every request, so the number of
+    // connections opened to it is exact (HTTP/1.1 may open a second one while the first is
+    // on its way back to the pool).
+    let a_def = format!("[upstreams.a]\nendpoints = [\"{}\"]\n", a.addr);
+    let two_routes = |slow_route: bool, a_extra: &str| {
+        let mut text = config(&Setup::new(a.addr, slow.addr, "a"))
+            .replace(&a_def, &format!("{a_def}protocol = \"http2\"\n{a_extra}"));
         if slow_route {
             text.push_str(
                 "[[routes]]\nlistener = \"main\"\npath_prefix = \"/slow\"\nupstream = \"b\"\n",
@@ -354,14 +231,25 @@ async fn unchanged_upstreams_keep_their_pools_and_removed_ones_finish_in_flight_
         }
         text
     };
-    let (running, path) = start(dir.path(), &two_routes(true), false).await;
+    let (running, path) = start(dir.path(), &two_routes(true, ""), false).await;
     let addr = running.listener_addr("main").unwrap();
+    let admin = running.admin_addr();
     let before = running.snapshot();
+    let connections_to_a = || {
+        metric(
+            admin,
+            "hoptrace_upstream_connection_attempts_total{upstream=\"a\"}",
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(served_by(addr).await, "a");
+    }
+    assert_eq!(connections_to_a().await, Some(1.0));
 
     let in_flight =
         tokio::spawn(async move { get(&http1_client(), format!("http://{addr}/slow/x")).await });
     arrived.notified().await;
-    write_atomic(&path, &two_routes(false));
+    write_atomic(&path, &two_routes(false, ""));
     let outcome = running
         .reloader()
         .unwrap()
@@ -378,8 +266,19 @@ async fn unchanged_upstreams_keep_their_pools_and_removed_ones_finish_in_flight_
     let response = in_flight.await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(body_string(response).await, "slow but complete");
-    // New requests for /slow now take the only route left.
+    // New requests for /slow now take the only route left, over the connection opened
+    // before the reload.
+    for _ in 0..3 {
+        assert_eq!(served_by(addr).await, "a");
+    }
+    assert_eq!(connections_to_a().await, Some(1.0), "no new connection");
+
+    // The control: a changed definition of a is a new pool, which must connect again.
+    write_atomic(&path, &two_routes(false, "idle_timeout = \"89s\"\n"));
+    let (status, body) = post_reload(admin).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(served_by(addr).await, "a");
+    assert_eq!(connections_to_a().await, Some(2.0));
     running.shutdown().await;
 }
 
@@ -396,11 +295,8 @@ async fn a_sampling_change_by_reload_stops_span_export() {
     };
     let with_ratio = |ratio: &str| {
         config(&Setup {
-            a: a.addr,
-            b: a.addr,
-            route_to: "a",
-            bind: "127.0.0.1:0",
             tracing: &tracing(ratio),
+            ..Setup::new(a.addr, a.addr, "a")
         })
     };
     let (running, path) = start(dir.path(), &with_ratio("1.0"), false).await;

@@ -178,6 +178,7 @@ async fn run(
             span = rx.recv() => match span {
                 Some(span) => {
                     batch.push(&span, &scope, &backend);
+                    stats.batched.fetch_add(1, Ordering::Relaxed);
                     if batch.len() >= batch_size {
                         sinks.export(&mut batch).await;
                     }
@@ -195,6 +196,7 @@ async fn run(
                 rx.close();
                 while let Ok(span) = rx.try_recv() {
                     batch.push(&span, &scope, &backend);
+                    stats.batched.fetch_add(1, Ordering::Relaxed);
                     if batch.len() >= batch_size {
                         sinks.export(&mut batch).await;
                     }
@@ -261,9 +263,12 @@ struct Sinks<'a> {
 impl Sinks<'_> {
     async fn export(&self, batch: &mut Batch) {
         self.recent.record(&batch.spans);
+        let count = batch.len() as u64;
         let started = std::time::Instant::now();
         export(self.backend, batch, self.stats).await;
         self.batch_duration.observe(started.elapsed().as_secs_f64());
+        // Exported, failed, or (exporter "none") done with: no longer pending.
+        self.stats.batched.fetch_sub(count, Ordering::Relaxed);
     }
 }
 

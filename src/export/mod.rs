@@ -25,7 +25,10 @@ pub use self::partial::{PartialSuccessLayer, rejected_spans};
 /// Counters of the export pipeline, shared with whoever reports them (logs, metrics).
 #[derive(Debug, Default)]
 pub struct ExportStats {
-    /// Spans handed to the sink.
+    /// Spans started: a sampled request's SERVER span when the request arrives, each
+    /// CLIENT span when its attempt begins; spans of unsampled requests when tail keeping
+    /// keeps them. Once every span started has ended (no request in flight),
+    /// `started = exported + dropped + failed + pending`.
     pub started: AtomicU64,
     /// Spans the exporter delivered.
     pub exported: AtomicU64,
@@ -38,6 +41,9 @@ pub struct ExportStats {
     pub kept_error: AtomicU64,
     /// Spans of unsampled requests kept because they were slow (`keep_slower_than`).
     pub kept_slow: AtomicU64,
+    /// Spans the export task has taken from the queue and not yet exported or lost (the
+    /// batch being built or sent).
+    pub batched: AtomicU64,
     /// Spans queued and not yet exported, failed or discarded (`exporter = "none"`): what a
     /// shutdown that runs out of time loses.
     pending: AtomicU64,
@@ -89,9 +95,13 @@ impl SpanSink {
         counter.fetch_add(spans, Ordering::Relaxed);
     }
 
+    /// Counts `spans` spans as started (see `ExportStats::started`).
+    pub fn started(&self, spans: u64) {
+        self.stats.started.fetch_add(spans, Ordering::Relaxed);
+    }
+
     /// Queues a finished span; when the queue is full the span is dropped and counted.
     pub fn try_send(&self, span: SpanRecord) {
-        self.stats.started.fetch_add(1, Ordering::Relaxed);
         // Counted before the send, so the batcher never resolves a span not yet counted.
         self.stats.pending.fetch_add(1, Ordering::Relaxed);
         if self.tx.try_send(span).is_err() {
@@ -104,8 +114,14 @@ impl SpanSink {
         &self.stats
     }
 
-    /// Spans waiting in the queue.
+    /// Spans waiting in the queue (at most `queue_size`).
     pub fn queue_depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Spans ended and not yet exported or lost: in the queue, or in the batch the export
+    /// task is building or sending (at most `queue_size + batch_size`).
+    pub fn pending(&self) -> u64 {
+        self.queue_depth() as u64 + self.stats.batched.load(Ordering::Relaxed)
     }
 }

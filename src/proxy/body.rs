@@ -85,7 +85,8 @@ impl RequestDone {
             upstream = endpoint,
             trace_id,
             span_id,
-            error_type,
+            // OpenTelemetry's attribute name, as on the span.
+            "error.type" = error_type,
             "request"
         );
     }

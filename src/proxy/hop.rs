@@ -288,6 +288,12 @@ impl Hop {
             })
         });
         let mut recording = recording;
+        if let Some(rec) = recording.as_ref() {
+            // A sampled SERVER span starts now (an unsampled one counts only if kept).
+            if rec.has_server && rec.tail.is_none() {
+                rec.sink.started(1);
+            }
+        }
         if let (Some(rec), Some(inferred)) = (recording.as_mut(), inferred) {
             // The CLIENT spans are cloned from `base`.
             inferred.annotate(&mut rec.base);
@@ -370,6 +376,9 @@ impl Hop {
         rec.client = Some(client);
         rec.client_started = Some(now);
         rec.capture = Some(capture_connection(req));
+        if rec.tail.is_none() {
+            rec.sink.started(1);
+        }
     }
 
     /// Response headers arrived from the upstream.
@@ -441,6 +450,9 @@ impl Hop {
             client.start = rec.base.start + started.duration_since(rec.started);
             rec.client_started = Some(started);
             rec.client = Some(client);
+            if rec.tail.is_none() {
+                rec.sink.started(1);
+            }
         }
         if let Some(client) = rec.client.as_mut() {
             client.error_type = Some(kind);
@@ -482,8 +494,21 @@ impl Hop {
     }
 
     /// Hands the spans to the response body, which finishes them when it ends.
-    pub fn into_finish(self) -> Option<SpanFinish> {
-        self.recording.map(|recording| SpanFinish { recording })
+    pub fn into_finish(mut self) -> Option<SpanFinish> {
+        self.recording
+            .take()
+            .map(|recording| SpanFinish { recording })
+    }
+}
+
+impl Drop for Hop {
+    /// The request was dropped before its response existed (the client went away, or the
+    /// connection was cut at shutdown): its spans end now, as `client_closed`, rather than
+    /// vanish uncounted.
+    fn drop(&mut self) {
+        if let Some(recording) = self.recording.take() {
+            SpanFinish { recording }.finish(Outcome::ClientGone);
+        }
     }
 }
 

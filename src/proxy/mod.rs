@@ -38,5 +38,5 @@ pub use self::error::ProxyError;
 /// allocates.
 pub use self::hop::Hop;
 pub use self::listener::{ConnInfo, ListenerCtx, serve};
-pub use self::snapshot::{RouteTarget, Shared, Snapshot};
+pub use self::snapshot::{RouteTarget, Shared, Snapshot, remove_stale_series};
 pub use self::upstream::Upstream;

@@ -2,14 +2,14 @@
 //! `Config` and swapped in whole (`ArcSwap`), so a request sees one consistent config from
 //! start to end.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use super::route::{RouteSpec, RouteTable};
 use super::upstream::Upstream;
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::tls::TlsError;
 
@@ -83,8 +83,8 @@ impl Snapshot {
                         .filter_map(|(index, r)| {
                             // Validation guarantees the upstream exists.
                             let upstream = upstreams.get(&r.upstream)?.clone();
-                            let template = r.name.as_deref().unwrap_or(&r.path_prefix);
-                            let metrics = metrics.route(&listener.name, template, &r.upstream);
+                            let metrics =
+                                metrics.route(&listener.name, route_label(r), &r.upstream);
                             let spec = RouteSpec {
                                 name: r.name.clone(),
                                 index,
@@ -118,5 +118,39 @@ impl Snapshot {
             tables,
             upstreams,
         })
+    }
+}
+
+/// The `route` label of a route's series: its name, else its path prefix.
+fn route_label(route: &RouteConfig) -> &str {
+    route.name.as_deref().unwrap_or(&route.path_prefix)
+}
+
+/// Removes the metric series of routes and upstreams that `old` had and `new` has not (the
+/// labels of series that are still in use are kept, with their values).
+pub fn remove_stale_series(old: &Config, new: &Config, metrics: &Metrics) {
+    let routes = |c: &Config| -> BTreeSet<(String, String, String)> {
+        c.routes
+            .iter()
+            .map(|r| {
+                let route = route_label(r).to_string();
+                (r.listener.clone(), route, r.upstream.clone())
+            })
+            .collect()
+    };
+    let (old_routes, new_routes) = (routes(old), routes(new));
+    for (listener, route, upstream) in old_routes.difference(&new_routes) {
+        metrics.remove_route(listener, route, upstream);
+        if !new_routes
+            .iter()
+            .any(|(l, r, _)| l == listener && r == route)
+        {
+            metrics.remove_route_duration(listener, route);
+        }
+    }
+    for name in old.upstreams.keys() {
+        if !new.upstreams.contains_key(name) {
+            metrics.remove_upstream(name);
+        }
     }
 }

@@ -70,7 +70,10 @@ impl SpanFinish {
             for span in spans.iter_mut().flatten() {
                 span.kept_reason = Some(reason);
             }
-            sink.count_kept(reason, spans.iter().flatten().count() as u64);
+            let kept = spans.iter().flatten().count() as u64;
+            sink.count_kept(reason, kept);
+            // Spans of an unsampled request become spans of the trace only now.
+            sink.started(kept);
         }
         for span in spans.into_iter().flatten() {
             sink.try_send(span);
