@@ -195,37 +195,37 @@ fn check_accepts_the_example_and_rejects_each_invalid_fixture() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("config.example.toml: ok"));
 
-    let mut checked = 0;
-    for entry in std::fs::read_dir("tests/fixtures/invalid").unwrap() {
-        let path = entry.unwrap().path();
-        let expected: Vec<String> = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.strip_prefix("# expect: ").map(str::to_string))
-            .collect();
-        assert!(
-            !expected.is_empty(),
-            "{} has no '# expect:' line",
-            path.display()
-        );
+    // Each fixture must print exactly its `# expect:` lines, nothing missing and nothing more.
+    // Run from the repository root, where the fixtures' relative TLS paths start.
+    let mut failures = Vec::new();
+    for path in fixtures::invalid_fixtures() {
         let output = Command::new(BIN)
+            .current_dir(fixtures::repo_root())
             .arg("check")
             .arg("--config")
             .arg(&path)
             .output()
             .unwrap();
         assert_eq!(output.status.code(), Some(1), "{}", path.display());
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        for line in expected {
-            assert!(
-                stderr.contains(&line),
-                "{}: missing {line:?} in:\n{stderr}",
-                path.display()
-            );
+        assert!(output.stdout.is_empty(), "{}", path.display());
+        if let Err(e) = fixtures::compare(&path, &String::from_utf8_lossy(&output.stderr)) {
+            failures.push(e);
         }
-        checked += 1;
     }
-    assert!(checked >= 8, "only {checked} fixtures");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // README's Configuration section shows this output verbatim.
+    let output = Command::new(BIN)
+        .current_dir(fixtures::repo_root())
+        .args(["check", "--config", "tests/fixtures/invalid/multiple_errors.toml"])
+        .output()
+        .unwrap();
+    let readme = std::fs::read_to_string(fixtures::repo_root().join("README.md")).unwrap();
+    let printed = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        readme.contains(&format!("```\n{printed}```\n")),
+        "README's `check` example differs from the real output:\n{printed}"
+    );
 
     let output = Command::new(BIN)
         .args(["check", "--config", "/nonexistent/hoptrace.toml"])

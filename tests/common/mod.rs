@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod fixtures;
 pub mod otlp;
 
 use bytes::Bytes;
