@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod fixtures;
 pub mod otlp;
+pub mod process;
 
 use bytes::Bytes;
 use http::{Request, Response};
