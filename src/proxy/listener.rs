@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
+use super::conn_end::{self, ActivityIo};
 use super::forward;
 use super::snapshot::Shared;
 use crate::config::{ListenerConfig, Role};
@@ -103,6 +105,7 @@ pub async fn serve(
                     }
                     let conn = ConnInfo { remote, local, tls: tls.is_some() };
                     let open = ctx.open_connections.clone();
+                    let listener_name = ctx.name.clone();
                     let ctx = ctx.clone();
                     let service = service_fn(move |req| forward::handle(ctx.clone(), conn, req));
                     let builder = builder.clone();
@@ -110,23 +113,26 @@ pub async fn serve(
                     let tls = tls.clone();
                     open.inc();
                     tokio::spawn(async move {
-                        let served = match tls {
+                        let (served, partial_head) = match tls {
                             None => {
+                                let (io, partial_head) = ActivityIo::new(stream);
                                 let connection = builder
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                                watcher.watch(connection).await
+                                    .serve_connection_with_upgrades(TokioIo::new(io), service);
+                                (watcher.watch(connection).await, partial_head)
                             }
                             Some(tls) => match tls.handshake(stream, remote).await {
                                 Some(stream) => {
+                                    let (io, partial_head) = ActivityIo::new(stream);
                                     let connection = builder
-                                        .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                                    watcher.watch(connection).await
+                                        .serve_connection_with_upgrades(TokioIo::new(io), service);
+                                    (watcher.watch(connection).await, partial_head)
                                 }
-                                None => Ok(()),
+                                None => (Ok(()), Default::default()),
                             },
                         };
                         if let Err(err) = served {
-                            debug!(client = %remote, error = %err, "connection ended with an error");
+                            let partial_head = partial_head.load(Ordering::Relaxed);
+                            conn_end::log(&listener_name, remote, &*err, partial_head);
                         }
                         open.dec();
                         drop(permit);
