@@ -98,7 +98,17 @@ fn help_and_version_explain_themselves() {
     let output = Command::new(BIN).arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for word in ["run", "check", "RUST_LOG", "--log-format"] {
+    // It says what hoptrace is, not only that it proxies.
+    for word in [
+        "tracing sidecar",
+        "span for every hop",
+        "W3C trace context",
+        "OTLP",
+        "run",
+        "check",
+        "RUST_LOG",
+        "--log-format",
+    ] {
         assert!(help.contains(word), "--help lacks {word}:\n{help}");
     }
     let output = Command::new(BIN).args(["run", "--help"]).output().unwrap();
