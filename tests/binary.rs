@@ -453,3 +453,18 @@ async fn the_access_log_can_be_turned_off() {
     }
     assert_eq!(proxy.exit_code().await, 0);
 }
+
+/// README's promise: rustls on `ring` only. aws-lc's C build would add minutes to a clean
+/// build, and one crate with default features on is enough to pull it in.
+#[test]
+fn the_build_uses_ring_not_aws_lc() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let packages: Vec<&str> = lock
+        .lines()
+        .filter_map(|l| l.strip_prefix("name = \""))
+        .map(|name| name.trim_end_matches('"'))
+        .collect();
+    assert!(packages.contains(&"ring"), "no ring in Cargo.lock");
+    let aws: Vec<&&str> = packages.iter().filter(|p| p.starts_with("aws-lc")).collect();
+    assert!(aws.is_empty(), "aws-lc in Cargo.lock: {aws:?}");
+}
