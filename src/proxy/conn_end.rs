@@ -9,33 +9,72 @@
 //! an idle connection: [`ActivityIo`] tells the two apart (were any bytes received since the
 //! last response was written?).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{debug, info};
 
-/// A client connection's IO, recording whether bytes arrived since the last write: at a header
-/// timeout, that means part of a request head came in; otherwise the connection was idle.
+/// What a client connection has received so far.
+#[derive(Debug, Default)]
+pub(super) struct Activity {
+    /// Bytes arrived since the last write: at a header timeout, part of a request head came
+    /// in; otherwise the connection was idle.
+    read_since_write: AtomicBool,
+    /// Any byte arrived at all.
+    ever_read: AtomicBool,
+}
+
+impl Activity {
+    pub(super) fn partial_head(&self) -> bool {
+        self.read_since_write.load(Ordering::Relaxed)
+    }
+}
+
+/// A client connection's IO, recording its [`Activity`].
 #[derive(Debug)]
 pub(super) struct ActivityIo<S> {
     inner: S,
-    read_since_write: Arc<AtomicBool>,
+    activity: Arc<Activity>,
 }
 
 impl<S> ActivityIo<S> {
-    /// Wraps `inner`; the flag is read after the connection ends.
-    pub(super) fn new(inner: S) -> (Self, Arc<AtomicBool>) {
-        let flag = Arc::new(AtomicBool::new(false));
+    /// Wraps `inner`; the activity is read while and after the connection is served.
+    pub(super) fn new(inner: S) -> (Self, Arc<Activity>) {
+        let activity = Arc::new(Activity::default());
         let io = Self {
             inner,
-            read_since_write: flag.clone(),
+            activity: activity.clone(),
         };
-        (io, flag)
+        (io, activity)
+    }
+}
+
+/// Serves `connection`, but drops it (`None`) if not one byte arrived within `timeout`.
+/// hyper's header read timer starts only after hyper-util's auto builder has read the first
+/// bytes (to tell HTTP/1.1 from the h2c preface), so without this a client that connects and
+/// sends nothing would hold its connection (and a `max_connections` slot) for ever.
+pub(super) async fn first_byte_within<F: Future>(
+    timeout: Duration,
+    activity: &Activity,
+    connection: F,
+) -> Option<F::Output> {
+    tokio::pin!(connection);
+    tokio::select! {
+        served = &mut connection => Some(served),
+        () = tokio::time::sleep(timeout) => {
+            if activity.ever_read.load(Ordering::Relaxed) {
+                Some(connection.await)
+            } else {
+                None
+            }
+        }
     }
 }
 
@@ -48,7 +87,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.read_since_write.store(true, Ordering::Relaxed);
+            self.activity.read_since_write.store(true, Ordering::Relaxed);
+            self.activity.ever_read.store(true, Ordering::Relaxed);
         }
         polled
     }
@@ -62,7 +102,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.read_since_write.store(false, Ordering::Relaxed);
+            self.activity.read_since_write.store(false, Ordering::Relaxed);
         }
         polled
     }
@@ -74,7 +114,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.read_since_write.store(false, Ordering::Relaxed);
+            self.activity.read_since_write.store(false, Ordering::Relaxed);
         }
         polled
     }
@@ -147,15 +187,23 @@ impl HeadError {
     }
 }
 
+/// How serving a connection ended: `None` when it was dropped for sending nothing (see
+/// [`first_byte_within`]).
+pub(super) type Served = Option<Result<(), Box<dyn std::error::Error + Send + Sync>>>;
+
 /// Logs how a client connection ended: info for a refused or incomplete request head, debug
-/// for anything else (the client went away, an idle connection timed out).
-pub(super) fn log(
-    listener: &str,
-    client: SocketAddr,
-    err: &(dyn std::error::Error + 'static),
-    partial_head: bool,
-) {
-    match HeadError::of(err, partial_head) {
+/// for anything else (the client went away, an idle or silent connection timed out).
+pub(super) fn log(listener: &str, client: SocketAddr, served: Served, activity: &Activity) {
+    let err = match served {
+        Some(Ok(())) => return,
+        Some(Err(err)) => err,
+        None => {
+            let cause = "no request bytes within header_read_timeout; closed";
+            debug!(listener = %listener, client = %client, cause, "silent connection closed");
+            return;
+        }
+    };
+    match HeadError::of(&*err, activity.partial_head()) {
         Some(head) => info!(
             listener = %listener,
             client = %client,
@@ -163,7 +211,9 @@ pub(super) fn log(
             error = %err,
             "request head refused"
         ),
-        None => debug!(listener = %listener, client = %client, error = %err, "connection ended with an error"),
+        None => {
+            debug!(listener = %listener, client = %client, error = %err, "connection ended with an error")
+        }
     }
 }
 
@@ -176,13 +226,14 @@ mod tests {
     #[tokio::test]
     async fn a_read_sets_the_flag_and_a_write_clears_it() {
         let (mut client, server) = tokio::io::duplex(64);
-        let (mut io, flag) = ActivityIo::new(server);
-        assert!(!flag.load(Ordering::Relaxed));
+        let (mut io, activity) = ActivityIo::new(server);
+        assert!(!activity.partial_head());
         client.write_all(b"GET").await.unwrap();
         let mut buf = [0u8; 3];
         io.read_exact(&mut buf).await.unwrap();
-        assert!(flag.load(Ordering::Relaxed));
+        assert!(activity.partial_head());
         io.write_all(b"HTTP/1.1 200 OK").await.unwrap();
-        assert!(!flag.load(Ordering::Relaxed));
+        assert!(!activity.partial_head());
+        assert!(activity.ever_read.load(Ordering::Relaxed));
     }
 }

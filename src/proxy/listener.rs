@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -112,28 +111,33 @@ pub async fn serve(
                     let watcher = graceful.watcher();
                     let tls = tls.clone();
                     open.inc();
+                    let first_byte = config.header_read_timeout;
                     tokio::spawn(async move {
-                        let (served, partial_head) = match tls {
+                        let (served, activity) = match tls {
                             None => {
-                                let (io, partial_head) = ActivityIo::new(stream);
+                                let (io, activity) = ActivityIo::new(stream);
                                 let connection = builder
                                     .serve_connection_with_upgrades(TokioIo::new(io), service);
-                                (watcher.watch(connection).await, partial_head)
+                                let connection = watcher.watch(connection);
+                                let served =
+                                    conn_end::first_byte_within(first_byte, &activity, connection);
+                                (served.await, activity)
                             }
                             Some(tls) => match tls.handshake(stream, remote).await {
                                 Some(stream) => {
-                                    let (io, partial_head) = ActivityIo::new(stream);
+                                    let (io, activity) = ActivityIo::new(stream);
                                     let connection = builder
                                         .serve_connection_with_upgrades(TokioIo::new(io), service);
-                                    (watcher.watch(connection).await, partial_head)
+                                    let connection = watcher.watch(connection);
+                                    let served = conn_end::first_byte_within(
+                                        first_byte, &activity, connection,
+                                    );
+                                    (served.await, activity)
                                 }
-                                None => (Ok(()), Default::default()),
+                                None => (Some(Ok(())), Default::default()),
                             },
                         };
-                        if let Err(err) = served {
-                            let partial_head = partial_head.load(Ordering::Relaxed);
-                            conn_end::log(&listener_name, remote, &*err, partial_head);
-                        }
+                        conn_end::log(&listener_name, remote, served, &activity);
                         open.dec();
                         drop(permit);
                     });
