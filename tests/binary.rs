@@ -72,7 +72,11 @@ fn check_accepts_the_example_and_rejects_each_invalid_fixture() {
     // README's Configuration section shows this output verbatim.
     let output = Command::new(BIN)
         .current_dir(fixtures::repo_root())
-        .args(["check", "--config", "tests/fixtures/invalid/multiple_errors.toml"])
+        .args([
+            "check",
+            "--config",
+            "tests/fixtures/invalid/multiple_errors.toml",
+        ])
         .output()
         .unwrap();
     let readme = std::fs::read_to_string(fixtures::repo_root().join("README.md")).unwrap();
@@ -465,6 +469,9 @@ fn the_build_uses_ring_not_aws_lc() {
         .map(|name| name.trim_end_matches('"'))
         .collect();
     assert!(packages.contains(&"ring"), "no ring in Cargo.lock");
-    let aws: Vec<&&str> = packages.iter().filter(|p| p.starts_with("aws-lc")).collect();
+    let aws: Vec<&&str> = packages
+        .iter()
+        .filter(|p| p.starts_with("aws-lc"))
+        .collect();
     assert!(aws.is_empty(), "aws-lc in Cargo.lock: {aws:?}");
 }

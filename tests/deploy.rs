@@ -149,7 +149,12 @@ fn stop_timeouts_outlast_a_whole_shutdown() {
 
     for (file, key, count, text) in [
         ("systemd unit", "TimeoutStopSec", 1, &unit),
-        ("Kubernetes", "terminationGracePeriodSeconds", 3, &kubernetes),
+        (
+            "Kubernetes",
+            "terminationGracePeriodSeconds",
+            3,
+            &kubernetes,
+        ),
         ("Compose", "stop_grace_period", 3, &compose),
     ] {
         let values = values_of(text, key);

@@ -182,7 +182,11 @@ async fn a_client_that_sends_nothing_is_cut_off() {
     assert!(closed.is_ok(), "the silent client was not cut off");
     assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
     // A client that speaks at once is served as before.
-    let response = raw_http(addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let response = raw_http(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert_eq!(count.load(Ordering::SeqCst), 1);
     proxy.shutdown().await;

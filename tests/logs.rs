@@ -79,9 +79,12 @@ async fn refused_request_heads_are_logged_with_cause_and_client() {
             "malformed request head; answered 400",
         ),
         (
-            format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(10_000))
-                .leak()
-                .as_bytes(),
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(10_000)
+            )
+            .leak()
+            .as_bytes(),
             "HTTP/1.1 431",
             "request head too large; answered 431",
         ),
@@ -120,7 +123,10 @@ async fn rust_log_chooses_what_is_logged() {
     proxy.signal(libc::SIGTERM);
     assert_eq!(proxy.exit_code().await, 0);
     let events = proxy.remaining_events();
-    let messages: Vec<&str> = events.iter().filter_map(|e| e["message"].as_str()).collect();
+    let messages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
     assert!(messages.contains(&"POST /reload refused"), "{messages:?}");
     for event in &events {
         let allowed = event["level"] == "WARN"
@@ -198,5 +204,8 @@ fn text_logs_have_no_colour_codes_when_piped() {
     assert!(child.wait().unwrap().success());
     assert!(log.contains(" INFO "), "{log}");
     assert!(log.contains("stopped"), "{log}");
-    assert!(!log.contains("\x1b["), "colour codes in piped logs:\n{log:?}");
+    assert!(
+        !log.contains("\x1b["),
+        "colour codes in piped logs:\n{log:?}"
+    );
 }

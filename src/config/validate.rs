@@ -190,8 +190,8 @@ impl Check<'_> {
                 Some(t) => self.listener_tls(&format!("listeners[{i}]"), t).map(Some),
                 None => Some(None),
             };
-            let listener = (tables.listener.as_ref())
-                .and_then(|t| self.listener(i, t, tables.trace.as_ref()));
+            let listener =
+                (tables.listener.as_ref()).and_then(|t| self.listener(i, t, tables.trace.as_ref()));
             listeners.push(
                 listener
                     .zip(tls)

@@ -87,7 +87,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.read_since_write.store(true, Ordering::Relaxed);
+            self.activity
+                .read_since_write
+                .store(true, Ordering::Relaxed);
             self.activity.ever_read.store(true, Ordering::Relaxed);
         }
         polled
@@ -102,7 +104,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.read_since_write.store(false, Ordering::Relaxed);
+            self.activity
+                .read_since_write
+                .store(false, Ordering::Relaxed);
         }
         polled
     }
@@ -114,7 +118,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.read_since_write.store(false, Ordering::Relaxed);
+            self.activity
+                .read_since_write
+                .store(false, Ordering::Relaxed);
         }
         polled
     }

@@ -39,12 +39,7 @@ impl Proxy {
 
     /// Starts the process and reads its log until the event `ready` (for a `RUST_LOG` that
     /// hides `hoptrace started`); `admin listening` must come before it.
-    pub fn spawn_until(
-        config: &str,
-        env: &[(&str, String)],
-        args: &[&str],
-        ready: &str,
-    ) -> Proxy {
+    pub fn spawn_until(config: &str, env: &[(&str, String)], args: &[&str], ready: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
@@ -174,4 +169,3 @@ impl Drop for Proxy {
         let _ = self.child.wait();
     }
 }
-
