@@ -19,10 +19,14 @@ mod demo_cmd;
 #[command(
     name = "hoptrace",
     version,
-    about = "A tracing sidecar: an HTTP reverse proxy that times every hop",
-    long_about = "hoptrace runs beside a service and proxies the HTTP traffic into it (inbound \
-listeners) and out of it (outbound listeners), routing by host, path, method and headers to \
-pooled upstream connections.\n\nLog levels come from RUST_LOG (default: info; warn for `demo`), e.g. \
+    about = "A tracing sidecar: an HTTP reverse proxy that records a span for every hop \
+(W3C trace context, OTLP export)",
+    long_about = "hoptrace is a tracing sidecar. It runs beside a service as an HTTP reverse \
+proxy for the traffic into it (inbound listeners) and out of it (outbound listeners), routing by \
+host, path, method and headers to pooled upstream connections, and records a span for every hop: \
+it continues or starts W3C trace context (traceparent, tracestate; B3, Jaeger and X-Ray too), \
+links the app's outbound calls to the inbound request they serve, and exports the spans over \
+OTLP (or Zipkin, or stdout).\n\nLog levels come from RUST_LOG (default: info; warn for `demo`), e.g. \
 RUST_LOG=hoptrace=debug.",
     after_help = "Examples:\n  hoptrace demo\n  hoptrace check --config /etc/hoptrace/config.toml\n  \
 hoptrace run --config config.example.toml"

@@ -3,160 +3,15 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 use bytes::Bytes;
+use common::process::{BIN, DEADLINE, Proxy};
 use common::*;
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-
-const BIN: &str = env!("CARGO_BIN_EXE_hoptrace");
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A `hoptrace run` process on a temporary config, with its bound addresses read from its
-/// JSON log lines.
-struct Proxy {
-    child: Child,
-    listeners: HashMap<String, SocketAddr>,
-    admin: SocketAddr,
-    /// Lines the process wrote to stdout (the stdout exporter's spans).
-    stdout: mpsc::Receiver<String>,
-    /// Its JSON log events (stderr) after startup.
-    events: mpsc::Receiver<serde_json::Value>,
-    _dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    fn spawn(config: &str) -> Proxy {
-        Proxy::spawn_with_env(config, &[])
-    }
-
-    fn spawn_with_env(config: &str, env: &[(&str, String)]) -> Proxy {
-        Proxy::spawn_full(config, env, &[])
-    }
-
-    fn spawn_full(config: &str, env: &[(&str, String)], args: &[&str]) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&path)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel::<serde_json::Value>();
-        // Keeps draining stderr for the process's life so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let _ = tx.send(event);
-                }
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (out_tx, out_rx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = out_tx.send(line);
-            }
-        });
-        let mut listeners = HashMap::new();
-        let mut admin = None;
-        loop {
-            let event = rx
-                .recv_timeout(DEADLINE)
-                .expect("hoptrace did not report its listeners");
-            let addr = || {
-                event["addr"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<SocketAddr>()
-                    .unwrap()
-            };
-            match event["message"].as_str() {
-                Some("listening") => {
-                    listeners.insert(event["listener"].as_str().unwrap().to_string(), addr());
-                }
-                Some("admin listening") => admin = Some(addr()),
-                Some("hoptrace started") => break,
-                _ => {}
-            }
-        }
-        Proxy {
-            child,
-            listeners,
-            admin: admin.unwrap(),
-            stdout: out_rx,
-            events: rx,
-            _dir: dir,
-        }
-    }
-
-    /// The next log event whose message is `message`, skipping others.
-    fn next_event(&self, message: &str) -> serde_json::Value {
-        loop {
-            let event = self
-                .events
-                .recv_timeout(DEADLINE)
-                .unwrap_or_else(|_| panic!("no {message:?} log event"));
-            if event["message"] == message {
-                return event;
-            }
-        }
-    }
-
-    fn config_path(&self) -> std::path::PathBuf {
-        self._dir.path().join("config.toml")
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    /// Waits for the process to exit, returning its exit code (or 128+signal).
-    async fn exit_code(&mut self) -> i32 {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                use std::os::unix::process::ExitStatusExt;
-                return status
-                    .code()
-                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-            }
-            assert!(start.elapsed() < DEADLINE, "hoptrace did not exit");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Peak resident memory of the process, from /proc (VmHWM), in bytes.
-    fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        kb * 1024
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn config(upstream: SocketAddr, grace: &str) -> String {
     format!(
@@ -195,37 +50,41 @@ fn check_accepts_the_example_and_rejects_each_invalid_fixture() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("config.example.toml: ok"));
 
-    let mut checked = 0;
-    for entry in std::fs::read_dir("tests/fixtures/invalid").unwrap() {
-        let path = entry.unwrap().path();
-        let expected: Vec<String> = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.strip_prefix("# expect: ").map(str::to_string))
-            .collect();
-        assert!(
-            !expected.is_empty(),
-            "{} has no '# expect:' line",
-            path.display()
-        );
+    // Each fixture must print exactly its `# expect:` lines, nothing missing and nothing more.
+    // Run from the repository root, where the fixtures' relative TLS paths start.
+    let mut failures = Vec::new();
+    for path in fixtures::invalid_fixtures() {
         let output = Command::new(BIN)
+            .current_dir(fixtures::repo_root())
             .arg("check")
             .arg("--config")
             .arg(&path)
             .output()
             .unwrap();
         assert_eq!(output.status.code(), Some(1), "{}", path.display());
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        for line in expected {
-            assert!(
-                stderr.contains(&line),
-                "{}: missing {line:?} in:\n{stderr}",
-                path.display()
-            );
+        assert!(output.stdout.is_empty(), "{}", path.display());
+        if let Err(e) = fixtures::compare(&path, &String::from_utf8_lossy(&output.stderr)) {
+            failures.push(e);
         }
-        checked += 1;
     }
-    assert!(checked >= 8, "only {checked} fixtures");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // README's Configuration section shows this output verbatim.
+    let output = Command::new(BIN)
+        .current_dir(fixtures::repo_root())
+        .args([
+            "check",
+            "--config",
+            "tests/fixtures/invalid/multiple_errors.toml",
+        ])
+        .output()
+        .unwrap();
+    let readme = std::fs::read_to_string(fixtures::repo_root().join("README.md")).unwrap();
+    let printed = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        readme.contains(&format!("```\n{printed}```\n")),
+        "README's `check` example differs from the real output:\n{printed}"
+    );
 
     let output = Command::new(BIN)
         .args(["check", "--config", "/nonexistent/hoptrace.toml"])
@@ -243,7 +102,17 @@ fn help_and_version_explain_themselves() {
     let output = Command::new(BIN).arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for word in ["run", "check", "RUST_LOG", "--log-format"] {
+    // It says what hoptrace is, not only that it proxies.
+    for word in [
+        "tracing sidecar",
+        "span for every hop",
+        "W3C trace context",
+        "OTLP",
+        "run",
+        "check",
+        "RUST_LOG",
+        "--log-format",
+    ] {
         assert!(help.contains(word), "--help lacks {word}:\n{help}");
     }
     let output = Command::new(BIN).args(["run", "--help"]).output().unwrap();
@@ -588,4 +457,22 @@ async fn the_access_log_can_be_turned_off() {
         }
     }
     assert_eq!(proxy.exit_code().await, 0);
+}
+
+/// README's promise: rustls on `ring` only. aws-lc's C build would add minutes to a clean
+/// build, and one crate with default features on is enough to pull it in.
+#[test]
+fn the_build_uses_ring_not_aws_lc() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let packages: Vec<&str> = lock
+        .lines()
+        .filter_map(|l| l.strip_prefix("name = \""))
+        .map(|name| name.trim_end_matches('"'))
+        .collect();
+    assert!(packages.contains(&"ring"), "no ring in Cargo.lock");
+    let aws: Vec<&&str> = packages
+        .iter()
+        .filter(|p| p.starts_with("aws-lc"))
+        .collect();
+    assert!(aws.is_empty(), "aws-lc in Cargo.lock: {aws:?}");
 }

@@ -1,9 +1,12 @@
 //! The shipped example config and the invalid fixtures, loaded through `Config::load` exactly
 //! as `hoptrace check` and startup do.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::fixtures;
 use hoptrace::config::{Balance, Config, HostMatch, LoadError, Protocol, Role};
 
 fn manifest_path(relative: &str) -> PathBuf {
@@ -65,51 +68,28 @@ fn missing_file_names_the_path() {
     assert!(err.to_string().contains("no-such-file.toml"), "{err}");
 }
 
-/// Each fixture starts with `# expect: <error line>` comments; each line must be printed.
+/// Each fixture lists in `# expect:` comments exactly the error lines it must produce.
+/// `Config::load` resolves the fixtures' relative TLS paths from the working directory, which
+/// `cargo test` sets to the repository root; checked first so a different one fails clearly.
 #[test]
 fn invalid_fixtures_fail_with_expected_errors() {
-    let dir = manifest_path("tests/fixtures/invalid");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("fixtures directory")
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 8,
-        "only {} fixtures in {}",
-        files.len(),
-        dir.display()
+    let cwd = std::env::current_dir().expect("working directory");
+    assert_eq!(
+        cwd.canonicalize().ok(),
+        fixtures::repo_root().canonicalize().ok(),
+        "run from the repository root: the fixtures' relative paths start there"
     );
-
     let mut failures = Vec::new();
-    for path in &files {
-        let text = std::fs::read_to_string(path).expect("readable fixture");
-        let expected: Vec<&str> = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("# expect: "))
-            .collect();
-        assert!(
-            !expected.is_empty(),
-            "{} has no `# expect:` line",
-            path.display()
-        );
-
-        let output = match Config::load(path) {
+    for path in fixtures::invalid_fixtures() {
+        let printed = match Config::load(&path) {
             Ok(_) => {
                 failures.push(format!("{}: loaded without error", path.display()));
                 continue;
             }
             Err(e) => e.to_string(),
         };
-        let printed: Vec<&str> = output.lines().collect();
-        for line in expected {
-            if !printed.contains(&line) {
-                failures.push(format!(
-                    "{}: missing `{line}`; got:\n{output}",
-                    path.display()
-                ));
-            }
+        if let Err(e) = fixtures::compare(&path, &printed) {
+            failures.push(e);
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

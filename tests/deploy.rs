@@ -2,7 +2,8 @@
 //! YAML parses, the Kubernetes manifests validate against the Kubernetes schemas and the
 //! Compose file against the Compose specification (tests/interop/validate_deploy.py, in the
 //! `.venv` that tests/interop/setup.sh makes); `systemd-analyze verify` accepts the unit; and
-//! `hoptrace health`, the image's health check, answers for a real admin listener.
+//! `hoptrace health`, the image's health check, answers for a real admin listener; the stop
+//! timeouts (systemd, Kubernetes, Compose) outlast a whole shutdown.
 
 mod common;
 
@@ -108,6 +109,62 @@ fn yaml_kubernetes_and_compose_validate_and_configmaps_pass_check() {
     assert_eq!(tomls.len(), 3, "{report}");
     for path in &tomls {
         check(path);
+    }
+}
+
+/// The longest a shutdown may take with the default `[shutdown] grace` of 30 s: the drain
+/// (grace), then the span flush (max(grace, 5 s)); see src/app.rs `Running::shutdown`.
+const WHOLE_SHUTDOWN_SECS: u64 = 30 + 30;
+
+/// The numbers after `key` on each line that has it (`TimeoutStopSec=70`, `stop_grace_period:
+/// 70s`).
+fn values_of(text: &str, key: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix(key))
+        .map(|rest| {
+            let digits: String = rest
+                .trim_start_matches([' ', ':', '='])
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn stop_timeouts_outlast_a_whole_shutdown() {
+    let read = |path: &str| std::fs::read_to_string(repo().join(path)).unwrap();
+    let (unit, kubernetes, compose) = (
+        read("deploy/systemd/hoptrace.service"),
+        read("deploy/kubernetes/fizzbuzz.yaml"),
+        read("deploy/compose/docker-compose.yml"),
+    );
+    // No sidecar config here changes the grace, so each may take WHOLE_SHUTDOWN_SECS.
+    let mut configs = vec![kubernetes.clone()];
+    for app in ["hub", "fizzer", "buzzer"] {
+        configs.push(read(&format!("deploy/compose/{app}/config.toml")));
+    }
+    assert!(configs.iter().all(|c| !c.contains("grace =")));
+
+    for (file, key, count, text) in [
+        ("systemd unit", "TimeoutStopSec", 1, &unit),
+        (
+            "Kubernetes",
+            "terminationGracePeriodSeconds",
+            3,
+            &kubernetes,
+        ),
+        ("Compose", "stop_grace_period", 3, &compose),
+    ] {
+        let values = values_of(text, key);
+        assert_eq!(values.len(), count, "{file}: {key} {values:?}");
+        for value in values {
+            assert!(
+                value >= WHOLE_SHUTDOWN_SECS + 5,
+                "{file}: {key} {value}s leaves no headroom over {WHOLE_SHUTDOWN_SECS}s"
+            );
+        }
     }
 }
 

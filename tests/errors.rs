@@ -61,14 +61,12 @@ async fn refused_endpoint_is_a_502() {
 
 #[tokio::test]
 async fn slow_upstream_is_a_504_after_request_timeout() {
-    let never = Gate::default();
-    let gate = never.clone();
-    let upstream = serve(move |_req| {
-        let gate = gate.clone();
-        async move {
-            gate.notified().await;
-            text(200, "too late")
-        }
+    // The upstream answers after 30 s; request_timeout is 300 ms. The 504 must come well
+    // before the answer would (the 10 s bound only catches a request_timeout that is ignored,
+    // whatever the machine's speed), and not before the timeout.
+    let upstream = serve(|_req| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        text(200, "too late")
     })
     .await;
     let timeout = Duration::from_millis(300);
@@ -79,8 +77,12 @@ async fn slow_upstream_is_a_504_after_request_timeout() {
     .await;
     let addr = proxy.listener_addr("main").unwrap();
     let started = Instant::now();
-    let response = get(&http1_client(), format!("http://{addr}/slow")).await;
-    // The upstream never answered (the gate was never opened): this 504 is the timeout.
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        get(&http1_client(), format!("http://{addr}/slow")),
+    )
+    .await
+    .expect("no response within 10 s: request_timeout was not applied");
     assert_eq!(response.status(), 504);
     assert!(started.elapsed() >= timeout);
     assert_eq!(response.headers()["x-hoptrace-error"], "timeout");
@@ -88,7 +90,6 @@ async fn slow_upstream_is_a_504_after_request_timeout() {
         body_string(response).await,
         "hoptrace: upstream timed out\n"
     );
-    never.notify_waiters();
     proxy.shutdown().await;
 }
 
@@ -207,5 +208,59 @@ async fn p2c_balances_and_skips_a_dead_endpoint() {
     // The dead endpoint costs at most one request before its back-off.
     assert!(failures <= 1, "{failures} failures");
     assert_eq!(seen.len(), 2, "{seen:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_is_used_again_after_its_failure_backoff() {
+    let a = echo_server("a").await;
+    let dead = dead_addr().await;
+    let backoff = Duration::from_secs(2);
+    let proxy = start_proxy(&config_with(&[a.addr, dead], "failure_backoff = \"2s\"")).await;
+    let addr = proxy.listener_addr("main").unwrap();
+    let client = http1_client();
+
+    // Round robin: the live endpoint, then the dead one, which refuses: 502 and back-off.
+    let response = get(&client, format!("http://{addr}/")).await;
+    assert_eq!(response.headers()["x-upstream"], "a");
+    let failed_at = Instant::now();
+    let response = get(&client, format!("http://{addr}/")).await;
+    assert_eq!(response.status(), 502);
+
+    // The endpoint comes back at once, at the same address. Requests that ended within the
+    // back-off (counted from before the failure, so surely within it) went to "a"; once it
+    // expires, round robin sends one to the revived endpoint.
+    let listener = tokio::net::TcpListener::bind(dead).await.unwrap();
+    let _revived = serve_on(
+        listener,
+        |_req| async {
+            http::Response::builder()
+                .header("x-upstream", "revived")
+                .body(full("back"))
+                .unwrap()
+        },
+        None,
+    );
+    let mut outcomes = Vec::new();
+    loop {
+        let response = get(&client, format!("http://{addr}/")).await;
+        let who = match response.headers().get("x-upstream") {
+            Some(name) => name.to_str().unwrap().to_string(),
+            None => response.status().as_str().to_string(),
+        };
+        if failed_at.elapsed() < backoff {
+            assert_eq!(who, "a", "used during its back-off: {outcomes:?}");
+        }
+        outcomes.push(who);
+        if outcomes.last().is_some_and(|w| w == "revived") {
+            break;
+        }
+        assert!(
+            failed_at.elapsed() < Duration::from_secs(20),
+            "never used again after its back-off: {outcomes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(failed_at.elapsed() >= backoff, "{outcomes:?}");
     proxy.shutdown().await;
 }

@@ -1,5 +1,5 @@
 //! Hostile clients, on the wire: oversized and too many headers (431), a client that trickles
-//! its headers (cut off), request smuggling forms (400, nothing forwarded ambiguously), the
+//! its headers or sends nothing (cut off), request smuggling forms (400, nothing forwarded ambiguously), the
 //! per-route body limit (413) and the per-listener connection limit.
 
 mod common;
@@ -161,6 +161,34 @@ async fn a_client_trickling_its_headers_is_cut_off() {
     );
     trickle.abort();
     assert_eq!(count.load(Ordering::SeqCst), 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_is_cut_off() {
+    let (upstream, count) = counting_upstream().await;
+    let proxy = start_proxy(&config(
+        upstream.addr,
+        "header_read_timeout = \"300ms\"",
+        "",
+    ))
+    .await;
+    let addr = proxy.listener_addr("main").unwrap();
+    // Connects and stays silent: before its first byte, hoptrace cannot know HTTP/1.1 from
+    // h2c, and hyper's own header timer has not started yet.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the silent client was not cut off");
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    // A client that speaks at once is served as before.
+    let response = raw_http(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
     proxy.shutdown().await;
 }
 

@@ -143,3 +143,63 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     assert_eq!(body_string(response).await, "ok");
     proxy.shutdown().await;
 }
+
+/// An upstream that records, for each request, the address of the connection it came on.
+async fn peer_recording_upstream() -> (std::net::SocketAddr, Peers, tokio::task::JoinHandle<()>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peers = Peers::default();
+    let recorded = peers.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let recorded = recorded.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    recorded.lock().unwrap().push(peer);
+                    async { Ok::<_, std::convert::Infallible>(text(200, "ok")) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, peers, task)
+}
+
+type Peers = std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>;
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_reused() {
+    for (protocol, pool) in [("http1", ""), ("http2", ""), ("http1", "no pool")] {
+        let case = format!("{protocol} upstream {pool}");
+        let (upstream, peers, task) = peer_recording_upstream().await;
+        let mut config = simple_config("inbound", upstream, protocol);
+        if pool == "no pool" {
+            config.push_str("max_idle_per_endpoint = 0\n");
+        }
+        let proxy = start_proxy(&config).await;
+        let addr = proxy.listener_addr("main").unwrap();
+        // One after another, each from a new client connection: only the proxy's pool can
+        // carry them on one upstream connection.
+        for _ in 0..5 {
+            let response = get(&http1_client(), format!("http://{addr}/")).await;
+            assert_eq!(response.status(), 200, "{case}");
+            assert_eq!(body_string(response).await, "ok", "{case}");
+        }
+        let peers = peers.lock().unwrap().clone();
+        assert_eq!(peers.len(), 5, "{case}");
+        let distinct: std::collections::BTreeSet<_> = peers.iter().collect();
+        if pool == "no pool" {
+            // The control: without pooling every request opens its own connection, so the
+            // check above can tell the difference.
+            assert_eq!(distinct.len(), 5, "{case}: {peers:?}");
+        } else {
+            assert_eq!(distinct.len(), 1, "{case}: {peers:?}");
+        }
+        proxy.shutdown().await;
+        task.abort();
+    }
+}

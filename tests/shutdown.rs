@@ -1,7 +1,8 @@
 //! SIGTERM under load, on the real binary: every request that reached the proxy before the
 //! signal is answered, and every span of an answered request reaches the collector. With a
 //! black-holed collector, the flush gives up at its deadline, the process still exits, and
-//! the final counts add up (every span exported, dropped or failed).
+//! the final counts add up (every span exported, dropped or failed). A request that outlasts
+//! `[shutdown] grace` is cut off and the process still exits 0.
 
 mod common;
 
@@ -13,6 +14,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use common::otlp::Receiver;
+use common::process::{DEADLINE, Proxy};
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hoptrace");
@@ -305,4 +307,78 @@ endpoints = ["{}"]
     );
     assert!(dropped >= lost, "{done}");
     hole.abort();
+}
+
+#[tokio::test]
+async fn a_request_outlasting_the_grace_period_is_cut_off_and_the_process_exits_0() {
+    // The upstream takes the request and never answers.
+    let arrived = Gate::default();
+    let signal = arrived.clone();
+    let upstream = serve(move |_req| {
+        let arrived = signal.clone();
+        async move {
+            arrived.notify_one();
+            std::future::pending::<()>().await;
+            text(200, "never")
+        }
+    })
+    .await;
+    let grace = Duration::from_secs(1);
+    let mut proxy = Proxy::spawn(&format!(
+        r#"
+[service]
+name = "shutdown"
+[admin]
+bind = "127.0.0.1:0"
+[shutdown]
+grace = "1s"
+[tracing]
+exporter = "none"
+[[listeners]]
+name = "main"
+bind = "127.0.0.1:0"
+role = "inbound"
+[[routes]]
+listener = "main"
+upstream = "app"
+[upstreams.app]
+endpoints = ["{}"]
+request_timeout = "1h"
+"#,
+        upstream.addr
+    ));
+    let addr = proxy.listeners["main"];
+    let in_flight = tokio::spawn(async move {
+        let request = http::Request::get(format!("http://{addr}/forever"))
+            .body(full(""))
+            .unwrap();
+        http1_client().request(request).await
+    });
+    arrived.notified().await;
+    let signalled = std::time::Instant::now();
+    proxy.signal(libc::SIGTERM);
+
+    // Exits 0 (within DEADLINE, checked by exit_code), after the grace period and not before.
+    assert_eq!(proxy.exit_code().await, 0);
+    assert!(signalled.elapsed() >= grace);
+    let messages: Vec<String> = proxy
+        .remaining_events()
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        messages.contains(&"grace period over; closing remaining connections".to_owned()),
+        "{messages:?}"
+    );
+    // The client's connection was closed under its request: an error, not a response.
+    let outcome = tokio::time::timeout(DEADLINE, in_flight)
+        .await
+        .expect("the client's connection was left open")
+        .unwrap();
+    let error = outcome.expect_err("a response to a request the upstream never answered");
+    // hyper's IncompleteMessage: the connection closed before a response began.
+    let closed = std::error::Error::source(&error)
+        .and_then(|e| e.downcast_ref::<hyper::Error>())
+        .is_some_and(hyper::Error::is_incomplete_message);
+    assert!(closed, "{error:?}");
 }

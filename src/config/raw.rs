@@ -53,7 +53,9 @@ pub(super) struct Listener {
     /// `[listeners.tls]` is read as its own table (`ListenerTls`); listed so it is allowed.
     #[allow(dead_code)]
     pub tls: Option<serde::de::IgnoredAny>,
-    pub trace: Option<Spanned<ListenerTrace>>,
+    /// `[listeners.trace]`, the same way (`ListenerTrace`).
+    #[allow(dead_code)]
+    pub trace: Option<serde::de::IgnoredAny>,
     pub max_headers: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
 }
@@ -174,8 +176,14 @@ pub(super) type NamedUpstream = (
     Option<Table<UpstreamTls>>,
 );
 
-/// `[[listeners]]` element: the table, and its `tls` table if it has one.
-pub(super) type ListenerTables = (Option<Table<Listener>>, Option<Table<ListenerTls>>);
+/// `[[listeners]]` element: the table unless it was not a table at all, and its `tls` and
+/// `trace` sub-tables if it has them.
+#[derive(Debug)]
+pub(super) struct ListenerTables {
+    pub listener: Option<Table<Listener>>,
+    pub tls: Option<Table<ListenerTls>>,
+    pub trace: Option<Table<ListenerTrace>>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -367,8 +375,9 @@ impl Reader<'_, '_> {
         }
     }
 
-    /// `[[listeners]]`, each with its `[listeners.tls]` taken out and read on its own, so its
-    /// errors name `listeners[0].tls.KEY`.
+    /// `[[listeners]]`, each with its `[listeners.tls]` and `[listeners.trace]` taken out and
+    /// read on their own, so their errors name `listeners[0].tls.KEY` and are reported along
+    /// with the listener's own.
     fn listeners(&mut self, value: Spanned<DeValue<'_>>) -> Option<Vec<ListenerTables>> {
         let span = value.span();
         match value.into_inner() {
@@ -379,7 +388,12 @@ impl Reader<'_, '_> {
                     .map(|(i, item)| {
                         let path = format!("listeners[{i}]");
                         let (item, tls) = self.take_sub(&path, "tls", item);
-                        (self.table(&path, item), tls)
+                        let (item, trace) = self.take_sub(&path, "trace", item);
+                        ListenerTables {
+                            listener: self.table(&path, item),
+                            tls,
+                            trace,
+                        }
                     })
                     .collect(),
             ),

@@ -185,12 +185,13 @@ impl Check<'_> {
                 .push(ConfigError::new("listeners", None, message));
         }
         let mut listeners = Vec::new();
-        for (i, (table, tls)) in doc.listeners.iter().enumerate() {
-            let tls = match tls {
+        for (i, tables) in doc.listeners.iter().enumerate() {
+            let tls = match &tables.tls {
                 Some(t) => self.listener_tls(&format!("listeners[{i}]"), t).map(Some),
                 None => Some(None),
             };
-            let listener = table.as_ref().and_then(|t| self.listener(i, t));
+            let listener =
+                (tables.listener.as_ref()).and_then(|t| self.listener(i, t, tables.trace.as_ref()));
             listeners.push(
                 listener
                     .zip(tls)
@@ -256,7 +257,12 @@ impl Check<'_> {
         self.required(t, "service", "name", &t.fields.name, value::non_empty)
     }
 
-    fn listener(&mut self, i: usize, t: &Table<raw::Listener>) -> Option<ListenerConfig> {
+    fn listener(
+        &mut self,
+        i: usize,
+        t: &Table<raw::Listener>,
+        trace: Option<&Table<raw::ListenerTrace>>,
+    ) -> Option<ListenerConfig> {
         let path = &format!("listeners[{i}]");
         let f = &t.fields;
         let name = self.required(t, path, "name", &f.name, value::non_empty);
@@ -276,11 +282,11 @@ impl Check<'_> {
             65536,
             (8192, 1 << 20),
         );
-        let trace_incoming = match &f.trace {
+        let trace_incoming = match trace {
             Some(trace) => self.or_default(
                 &format!("{path}.trace"),
                 "incoming",
-                &trace.get_ref().incoming,
+                &trace.fields.incoming,
                 TraceIncoming::Continue,
                 |s| value::one_of(s, TRACE_INCOMING),
             ),
@@ -315,7 +321,7 @@ impl Check<'_> {
             binds.push((admin, "admin.bind".to_owned()));
         }
         for (i, table) in doc.listeners.iter().enumerate() {
-            let Some(f) = table.0.as_ref().map(|t| &t.fields) else {
+            let Some(f) = table.listener.as_ref().map(|t| &t.fields) else {
                 continue;
             };
             if let Some(name) = f.name.as_ref().filter(|n| !n.get_ref().is_empty()) {

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
+use super::conn_end::{self, ActivityIo};
 use super::snapshot::Shared;
 use super::{forward, framing};
 use crate::config::{ListenerConfig, Role};
@@ -103,7 +104,10 @@ pub async fn serve(
                     }
                     let conn = ConnInfo { remote, local, tls: tls.is_some() };
                     let open = ctx.open_connections.clone();
+                    let listener_name = ctx.name.clone();
                     let ctx = ctx.clone();
+                    // The framing tracker's verdicts, shared by the connection's bytes and its
+                    // requests (`framing`: both Content-Length and Transfer-Encoding → 400).
                     let verdicts = Arc::new(framing::Verdicts::default());
                     let framed = verdicts.clone();
                     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -116,27 +120,35 @@ pub async fn serve(
                     let watcher = graceful.watcher();
                     let tls = tls.clone();
                     open.inc();
+                    let first_byte = config.header_read_timeout;
                     tokio::spawn(async move {
-                        let served = match tls {
+                        let (served, activity) = match tls {
                             None => {
                                 let stream = framing::Framed::new(stream, framed);
+                                let (io, activity) = ActivityIo::new(stream);
                                 let connection = builder
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                                watcher.watch(connection).await
+                                    .serve_connection_with_upgrades(TokioIo::new(io), service);
+                                let connection = watcher.watch(connection);
+                                let served =
+                                    conn_end::first_byte_within(first_byte, &activity, connection);
+                                (served.await, activity)
                             }
                             Some(tls) => match tls.handshake(stream, remote).await {
                                 Some(stream) => {
                                     let stream = framing::Framed::new(stream, framed);
+                                let (io, activity) = ActivityIo::new(stream);
                                     let connection = builder
-                                        .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                                    watcher.watch(connection).await
+                                        .serve_connection_with_upgrades(TokioIo::new(io), service);
+                                    let connection = watcher.watch(connection);
+                                    let served = conn_end::first_byte_within(
+                                        first_byte, &activity, connection,
+                                    );
+                                    (served.await, activity)
                                 }
-                                None => Ok(()),
+                                None => (Some(Ok(())), Default::default()),
                             },
                         };
-                        if let Err(err) = served {
-                            debug!(client = %remote, error = %err, "connection ended with an error");
-                        }
+                        conn_end::log(&listener_name, remote, served, &activity);
                         open.dec();
                         drop(permit);
                     });

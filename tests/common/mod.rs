@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod fixtures;
 pub mod otlp;
+pub mod process;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -56,6 +58,16 @@ where
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, handler, tls)
+}
+
+/// Like [`serve_maybe_tls`], on a socket the test bound (e.g. at the address of an endpoint
+/// that was down).
+pub fn serve_on<F, Fut>(listener: TcpListener, handler: F, tls: Option<TlsAcceptor>) -> TestServer
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {

@@ -16,9 +16,9 @@ impl Check<'_> {
         let all_named = doc
             .listeners
             .iter()
-            .all(|(t, _)| t.as_ref().is_some_and(|t| t.fields.name.is_some()));
+            .all(|l| l.listener.as_ref().is_some_and(|t| t.fields.name.is_some()));
         let listeners: Option<Vec<&str>> = all_named.then(|| {
-            let named = doc.listeners.iter().filter_map(|(t, _)| t.as_ref());
+            let named = doc.listeners.iter().filter_map(|l| l.listener.as_ref());
             named
                 .filter_map(|t| t.fields.name.as_ref())
                 .map(|n| n.get_ref().as_str())
