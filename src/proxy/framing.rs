@@ -62,6 +62,19 @@ impl Verdicts {
     }
 }
 
+/// Follows `reads` (one connection's bytes, as they arrive) and returns the index of the
+/// first request head with both framing headers, and how many heads were seen. What the
+/// listener does per connection, without the socket: for benchmarks (`benches/framing.rs`).
+pub fn scan<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> (Option<u64>, u64) {
+    let verdicts = Arc::new(Verdicts::default());
+    let mut tracker = Tracker::new(verdicts.clone());
+    for read in reads {
+        tracker.feed(read);
+    }
+    let ambiguous = verdicts.ambiguous.load(Ordering::Relaxed);
+    ((ambiguous != u64::MAX).then_some(ambiguous), tracker.heads)
+}
+
 /// Marks a request whose head had both `Content-Length` and `Transfer-Encoding`.
 #[derive(Clone, Copy, Debug)]
 pub struct Ambiguous;

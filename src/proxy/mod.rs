@@ -23,7 +23,7 @@ mod conn_end;
 mod connector;
 mod error;
 mod forward;
-mod framing;
+pub mod framing;
 mod headers;
 mod hop;
 mod listener;
