@@ -21,6 +21,7 @@
 //! chunked bodies; body data is skipped by length, not scanned.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,9 +29,10 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Most header fields a head may have for the tracker to follow it (hyper's limit is the
-/// listener's `max_headers`; a head beyond this stops the tracking, it is not rejected).
-const MAX_FIELDS: usize = 256;
+/// Header fields `httparse` parses into a stack array (uninitialised: nothing to clear per
+/// head). A head with more (a listener's `max_headers` may allow up to 10,000) is read by a
+/// plain line scan instead, so no number of fields hides a framing header.
+const MAX_FIELDS: usize = 128;
 /// Most bytes of a head kept while it arrives in pieces (beyond, hyper answers 431 first).
 const MAX_HEAD: usize = 1 << 20;
 
@@ -147,11 +149,22 @@ impl Tracker {
             self.head.extend_from_slice(bytes);
             (&self.head[..], carried)
         };
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let mut request = httparse::Request::new(&mut fields);
-        match request.parse(buf) {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut request = httparse::Request::new(&mut []);
+        let parsed = match request.parse_with_uninit_headers(buf, &mut fields) {
             Ok(httparse::Status::Complete(len)) => {
-                let next = framing(&request);
+                let fields = request.headers.iter().map(|f| (f.name.as_bytes(), f.value));
+                Ok(httparse::Status::Complete((
+                    len,
+                    framing(request.method.map(str::as_bytes), fields),
+                )))
+            }
+            Ok(httparse::Status::Partial) => Ok(httparse::Status::Partial),
+            Err(httparse::Error::TooManyHeaders) => Ok(many_fields(buf)),
+            Err(err) => Err(err),
+        };
+        match parsed {
+            Ok(httparse::Status::Complete((len, next))) => {
                 let index = self.heads;
                 self.heads += 1;
                 self.head.clear();
@@ -295,29 +308,51 @@ enum Next {
     Opaque,
 }
 
-fn framing(request: &httparse::Request<'_, '_>) -> Next {
+/// A head with more than `MAX_FIELDS` fields, line by line: its length and what follows,
+/// or `Partial` until its empty line has arrived.
+fn many_fields(buf: &[u8]) -> httparse::Status<(usize, Next)> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return httparse::Status::Partial;
+    };
+    let head = buf.get(..end).unwrap_or_default();
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .skip_while(|line| line.is_empty());
+    let method = lines
+        .next()
+        .and_then(|line| line.split(|&b| b == b' ').next());
+    let fields = lines.filter_map(|line| {
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (name, value) = (line.get(..colon)?, line.get(colon + 1..)?);
+        Some((name, value.trim_ascii()))
+    });
+    httparse::Status::Complete((end + 4, framing(method, fields)))
+}
+
+/// What follows a head with this method and these fields.
+fn framing<'a>(method: Option<&[u8]>, fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Next {
     let mut length: Option<u64> = None;
     let (mut content_length, mut transfer_encoding, mut chunked) = (false, false, false);
-    let mut opaque = request.method == Some("CONNECT");
-    for field in request.headers.iter() {
-        if field.name.eq_ignore_ascii_case("content-length") {
+    let mut opaque = method == Some(b"CONNECT");
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case(b"content-length") {
             content_length = true;
-            match std::str::from_utf8(field.value)
+            match std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
             {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                 _ => opaque = true,
             }
-        } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
             // The final coding decides (RFC 9112 §6.3); hyper rejects anything else.
-            chunked = field
-                .value
+            chunked = value
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if field.name.eq_ignore_ascii_case("upgrade") {
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
             opaque = true;
         }
     }
@@ -476,6 +511,35 @@ GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
         }
     }
 
+    #[test]
+    fn more_fields_than_the_parser_holds_still_show_both_framing_headers() {
+        for at in [0, 100, 180] {
+            let mut head = String::from("POST / HTTP/1.1\r\nHost: x\r\n");
+            for i in 0..200 {
+                if i == at {
+                    head.push_str("Content-Length: 4\r\n");
+                }
+                head.push_str(&format!("x-filler-{i}: {i}\r\n"));
+            }
+            head.push_str("Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+            let input = format!("GET / HTTP/1.1\r\n\r\n{head}");
+            for step in [13, 4096, input.len()] {
+                assert_eq!(
+                    run(input.as_bytes(), step),
+                    (Some(1), 2, true),
+                    "{at} {step}"
+                );
+            }
+        }
+        // Many fields, well framed: followed, no verdict.
+        let mut head = String::from("POST / HTTP/1.1\r\n");
+        for i in 0..300 {
+            head.push_str(&format!("x-filler-{i}: {i}\r\n"));
+        }
+        head.push_str("Content-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n");
+        assert_eq!(run(head.as_bytes(), 100), (None, 2, false));
+    }
+
     proptest::proptest! {
         /// Any bytes, split anywhere: no panic, and at most one verdict.
         #[test]
@@ -519,7 +583,8 @@ GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
             let mut fields = [httparse::EMPTY_HEADER; 16];
             let mut request = httparse::Request::new(&mut fields);
             request.parse(head.as_bytes()).unwrap();
-            framing(&request)
+            let fields = request.headers.iter().map(|f| (f.name.as_bytes(), f.value));
+            framing(request.method.map(str::as_bytes), fields)
         };
         assert_eq!(parse("GET / HTTP/1.1\r\n\r\n"), Next::Length(0));
         assert_eq!(
