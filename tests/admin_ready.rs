@@ -129,10 +129,21 @@ async fn ready_is_503_while_listeners_are_not_bound_then_200() {
     .await;
     let response = get(&http1_client(), format!("http://127.0.0.1:{port}/")).await;
     assert_eq!(response.status(), 200);
-    child.kill().unwrap();
-    wait_exit(&mut child).await;
+    // SIGTERM, not SIGKILL: /ready turns 200 just before "hoptrace started" is written, and
+    // the signal is only taken after that line, so the log is complete at the exit.
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(wait_exit(&mut child).await.success());
     let events = logs.join().unwrap();
-    assert!(events.iter().any(|e| e["message"] == "hoptrace started"));
+    let messages: Vec<_> = events.iter().map(|e| e["message"].clone()).collect();
+    let started = messages.iter().position(|m| m == "hoptrace started");
+    let draining = messages
+        .iter()
+        .position(|m| m == "shutting down: draining in-flight requests");
+    assert!(
+        started.is_some() && started < draining,
+        "expected start then drain: {messages:?}"
+    );
 }
 
 #[tokio::test]
