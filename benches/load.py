@@ -156,6 +156,8 @@ upstream = "app"
 endpoints = ["127.0.0.1:{upstream}"]
 max_idle_per_endpoint = 1024
 """
+        # A/B experiments: more TOML appended (e.g. "[stitching]\nenabled = false").
+        conf += os.environ.get("HOPTRACE_BENCH_EXTRA_TOML", "")
         path = os.path.join(self.dir, "config.toml")
         with open(path, "w") as f:
             f.write(conf)

@@ -29,7 +29,7 @@ try:
     L.run_wrk(port, conns, 1)  # warm
     t0 = L.cpu_ticks(pids)
     if os.environ.get("RECORD"):
-        rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "4999", "-g", "-o", os.environ["RECORD"], "-p", ",".join(map(str, pids))], stderr=subprocess.DEVNULL)
+        rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", os.environ.get("RECORD_FREQ", "4999"), "--call-graph", os.environ.get("RECORD_CALLGRAPH", "fp"), "-o", os.environ["RECORD"], "-p", ",".join(map(str, pids))], stderr=subprocess.DEVNULL)
     perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches", "-p", ",".join(map(str, pids))], stderr=subprocess.PIPE, text=True)
     r = L.run_wrk(port, conns, dur)
     perf.send_signal(signal.SIGINT); err = perf.communicate()[1]

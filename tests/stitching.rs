@@ -391,3 +391,56 @@ endpoints = ["{}"]
     );
     proxy.shutdown().await;
 }
+
+/// `hoptrace_stitch_tracked` from a sidecar's `/metrics`.
+async fn tracked(proxy: &hoptrace::app::Running) -> u64 {
+    let url = format!("http://{}/metrics", proxy.admin_addr());
+    let text = body_string(get(&http1_client(), url).await).await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("hoptrace_stitch_tracked "))
+        .unwrap_or_else(|| panic!("no hoptrace_stitch_tracked in\n{text}"));
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<f64>()
+        .unwrap() as u64
+}
+
+/// A request in flight is registered only where an outbound listener could ask for it: an
+/// inbound-only sidecar pays nothing for stitching.
+#[tokio::test]
+async fn inbound_requests_are_registered_only_when_an_outbound_listener_exists() {
+    for with_outbound in [false, true] {
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate = release.clone();
+        let app = serve(move |_req: Request<Incoming>| {
+            let (entered_tx, gate) = (entered_tx.clone(), gate.clone());
+            async move {
+                entered_tx.send(()).unwrap();
+                gate.acquire().await.unwrap().forget();
+                text(200, "ok")
+            }
+        })
+        .await;
+        let mut config = simple_config("inbound", app.addr, "http1");
+        if with_outbound {
+            config.push_str(
+                "[[listeners]]\nname = \"out\"\nbind = \"127.0.0.1:0\"\nrole = \"outbound\"\n\
+                 [[routes]]\nlistener = \"out\"\nupstream = \"app\"\n",
+            );
+        }
+        let proxy = start_proxy(&config).await;
+        let url = format!("http://{}/", proxy.listener_addr("main").unwrap());
+        let request = tokio::spawn(async move { get(&http1_client(), url).await.status() });
+        tokio::time::timeout(Duration::from_secs(10), entered.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        // Held in the app: in flight.
+        assert_eq!(tracked(&proxy).await, u64::from(with_outbound), "{config}");
+        release.add_permits(1);
+        assert_eq!(request.await.unwrap(), 200);
+    }
+}

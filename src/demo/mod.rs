@@ -246,14 +246,7 @@ impl Demo {
     /// requests (five per request), then builds the table from them.
     pub async fn report(&self, requests: u64) -> report::Report {
         let want = requests.min(self.kept() as u64) as usize;
-        let spans = |running: &Running| -> usize {
-            running
-                .recent_traces()
-                .snapshot()
-                .iter()
-                .map(|t| t.spans.len())
-                .sum()
-        };
+        let spans = |running: &Running| -> usize { running.recent_traces().span_count() };
         let deadline = tokio::time::Instant::now() + SPANS_DEADLINE;
         while tokio::time::Instant::now() < deadline
             && (spans(&self.hub) < 3 * want

@@ -168,6 +168,7 @@ async fn run(
         batch_duration: &batch_duration,
     };
     let scope = convert::scope();
+    let keep = recent.capacity() > 0;
     let mut batch = Batch::with_capacity(batch_size, &backend);
     // The first tick one delay from now (`interval` would fire at once and send whatever
     // had arrived as a tiny batch).
@@ -177,7 +178,7 @@ async fn run(
         tokio::select! {
             span = rx.recv() => match span {
                 Some(span) => {
-                    batch.push(&span, &scope, &backend);
+                    batch.push(span, keep, &scope, &backend);
                     stats.batched.fetch_add(1, Ordering::Relaxed);
                     if batch.len() >= batch_size {
                         sinks.export(&mut batch).await;
@@ -195,7 +196,7 @@ async fn run(
                 // Shutdown: take what is queued now, export it, stop.
                 rx.close();
                 while let Ok(span) = rx.try_recv() {
-                    batch.push(&span, &scope, &backend);
+                    batch.push(span, keep, &scope, &backend);
                     stats.batched.fetch_add(1, Ordering::Relaxed);
                     if batch.len() >= batch_size {
                         sinks.export(&mut batch).await;
@@ -219,6 +220,8 @@ async fn run(
 struct Batch {
     spans: Vec<SpanData>,
     zipkin: Vec<serde_json::Value>,
+    /// The records themselves, for the recent-traces view (moved there, not copied).
+    records: Vec<SpanRecord>,
 }
 
 impl Batch {
@@ -227,20 +230,27 @@ impl Batch {
         Batch {
             spans: Vec::with_capacity(n),
             zipkin: Vec::with_capacity(if zipkin { n } else { 0 }),
+            records: Vec::with_capacity(n),
         }
     }
 
+    /// Adds a span; `keep`: its record goes to the recent-traces view too.
     fn push(
         &mut self,
-        span: &SpanRecord,
+        mut span: SpanRecord,
+        keep: bool,
         scope: &opentelemetry::InstrumentationScope,
         backend: &Backend,
     ) {
-        let data = convert::to_span_data(span, scope);
+        let data = convert::to_span_data(&span, scope);
         if let Backend::Zipkin { service, .. } = backend {
-            self.zipkin.push(zipkin::to_json(span, &data, service));
+            self.zipkin.push(zipkin::to_json(&span, &data, service));
         }
         self.spans.push(data);
+        if keep {
+            span.detach();
+            self.records.push(span);
+        }
     }
 
     fn len(&self) -> usize {
@@ -262,7 +272,7 @@ struct Sinks<'a> {
 
 impl Sinks<'_> {
     async fn export(&self, batch: &mut Batch) {
-        self.recent.record(&batch.spans);
+        self.recent.record(batch.records.drain(..));
         let count = batch.len() as u64;
         let started = std::time::Instant::now();
         export(self.backend, batch, self.stats).await;

@@ -125,7 +125,7 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
     let mut attrs = Vec::with_capacity(16);
     attrs.push(KeyValue::new(
         "http.request.method",
-        span.method.to_string(),
+        method_value(&span.method),
     ));
     let (host, port, credentials) = host_and_port(span);
     if let Some(code) = span.status {
@@ -138,7 +138,8 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
         attrs.push(KeyValue::new("hoptrace.kept_reason", reason));
     }
     if let Some(route) = &span.route {
-        attrs.push(KeyValue::new("http.route", route.to_string()));
+        // Shared with the route table: no copy.
+        attrs.push(KeyValue::new("http.route", route.clone()));
     }
     let query = span
         .target
@@ -151,18 +152,14 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
             if let Some(query) = query {
                 attrs.push(KeyValue::new("url.query", query));
             }
-            attrs.push(KeyValue::new(
-                "client.address",
-                span.client_addr.ip().to_string(),
-            ));
+            // One string for both attributes.
+            let client: std::sync::Arc<str> = span.client_addr.ip().to_string().into();
+            attrs.push(KeyValue::new("client.address", client.clone()));
             attrs.push(KeyValue::new(
                 "client.port",
                 i64::from(span.client_addr.port()),
             ));
-            attrs.push(KeyValue::new(
-                "network.peer.address",
-                span.client_addr.ip().to_string(),
-            ));
+            attrs.push(KeyValue::new("network.peer.address", client));
             attrs.push(KeyValue::new(
                 "network.peer.port",
                 i64::from(span.client_addr.port()),
@@ -240,6 +237,24 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
     header_attributes(&mut attrs, "http.response.header.", &span.response_headers);
     attrs.extend(extra_attributes(&span.attributes));
     attrs
+}
+
+/// The method's name: the standard ones as static strings (no allocation per span).
+fn method_value(method: &http::Method) -> opentelemetry::Value {
+    use http::Method;
+    let name = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return method.as_str().to_string().into(),
+    };
+    name.into()
 }
 
 /// Captured headers as `string[]` attributes (semantic conventions), one per header name

@@ -1,11 +1,17 @@
 //! The most recent traces this sidecar recorded, kept in memory for the admin `/traces`
 //! view, so one sidecar can be inspected with no tracing backend. Fed by the batcher task
-//! (off the request path), bounded by a number of traces.
+//! (off the request path), bounded by a number of traces. The batch's own span records are
+//! moved in (nothing is copied); they are turned into OpenTelemetry's model only when the
+//! view is asked for.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::trace::SpanData;
+
+use crate::trace::context::TraceId;
+use crate::trace::span::SpanRecord;
 
 /// Traces kept by default.
 pub const DEFAULT_TRACES: usize = 100;
@@ -15,9 +21,17 @@ pub const DEFAULT_TRACES: usize = 100;
 #[derive(Debug)]
 pub struct RecentTraces {
     capacity: usize,
-    traces: Mutex<VecDeque<RecentTrace>>,
+    traces: Mutex<VecDeque<Kept>>,
+    scope: InstrumentationScope,
 }
 
+#[derive(Debug)]
+struct Kept {
+    trace_id: TraceId,
+    spans: Vec<SpanRecord>,
+}
+
+/// One kept trace, in OpenTelemetry's model.
 #[derive(Clone, Debug)]
 pub struct RecentTrace {
     pub trace_id: opentelemetry::trace::TraceId,
@@ -32,18 +46,16 @@ impl RecentTraces {
         RecentTraces {
             capacity,
             traces: Mutex::new(VecDeque::with_capacity(capacity)),
+            scope: super::convert::scope(),
         }
     }
 
-    /// How many traces are kept at most.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Adds spans; a span joins its trace if that trace is still kept (and moves it to the
-    /// back, so a trace still growing is not the next one pushed out), else starts a new
-    /// entry, pushing out the least recently active trace when full.
-    pub fn record(&self, spans: &[SpanData]) {
+    /// Takes a finished batch's span records (in arrival order).
+    pub fn record(&self, spans: impl IntoIterator<Item = SpanRecord>) {
         if self.capacity == 0 {
             return;
         }
@@ -51,7 +63,7 @@ impl RecentTraces {
             return;
         };
         for span in spans {
-            let trace_id = span.span_context.trace_id();
+            let trace_id = span.trace_id;
             let kept = traces.iter().rposition(|t| t.trace_id == trace_id);
             let mut trace = match kept.and_then(|at| traces.remove(at)) {
                 Some(trace) => trace,
@@ -59,63 +71,59 @@ impl RecentTraces {
                     if traces.len() == self.capacity {
                         traces.pop_front();
                     }
-                    RecentTrace {
+                    Kept {
                         trace_id,
                         spans: Vec::new(),
                     }
                 }
             };
             if trace.spans.len() < MAX_SPANS_PER_TRACE {
-                trace.spans.push(span.clone());
+                trace.spans.push(span);
             }
             traces.push_back(trace);
         }
     }
 
-    /// The kept traces, most recently active first.
-    pub fn snapshot(&self) -> Vec<RecentTrace> {
+    /// Spans kept, over all traces.
+    pub fn span_count(&self) -> usize {
         self.traces
             .lock()
-            .map(|traces| traces.iter().rev().cloned().collect())
+            .map(|traces| traces.iter().map(|t| t.spans.len()).sum())
             .unwrap_or_default()
+    }
+
+    /// The kept traces, most recently active first.
+    pub fn snapshot(&self) -> Vec<RecentTrace> {
+        let Ok(traces) = self.traces.lock() else {
+            return Vec::new();
+        };
+        traces
+            .iter()
+            .rev()
+            .map(|t| RecentTrace {
+                trace_id: opentelemetry::trace::TraceId::from_bytes(t.trace_id.0),
+                spans: t
+                    .spans
+                    .iter()
+                    .map(|s| super::convert::to_span_data(s, &self.scope))
+                    .collect(),
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-    use std::time::SystemTime;
-
-    use opentelemetry::InstrumentationScope;
-    use opentelemetry::trace::{
-        SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-    };
-    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+    use crate::trace::context::{SpanId, TraceId};
+    use crate::trace::span::SpanRecord;
 
     use super::RecentTraces;
 
-    fn span(trace: u128, id: u64) -> SpanData {
-        SpanData {
-            span_context: SpanContext::new(
-                TraceId::from(trace),
-                SpanId::from(id),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Server,
-            name: Cow::Borrowed("GET"),
-            start_time: SystemTime::UNIX_EPOCH,
-            end_time: SystemTime::UNIX_EPOCH,
-            attributes: Vec::new(),
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::Unset,
-            instrumentation_scope: InstrumentationScope::builder("test").build(),
-        }
+    fn span(trace: u128, id: u64) -> SpanRecord {
+        let mut record = crate::export::convert::test_record();
+        record.trace_id = TraceId(trace.to_be_bytes());
+        record.span_id = SpanId(id.to_be_bytes());
+        record
     }
 
     fn ids(recent: &RecentTraces) -> Vec<u128> {
@@ -129,13 +137,19 @@ mod tests {
     #[test]
     fn most_recently_active_first_and_least_recent_pushed_out() {
         let recent = RecentTraces::new(2);
-        recent.record(&[span(1, 1), span(2, 2)]);
+        recent.record([span(1, 1), span(2, 2)]);
         assert_eq!(ids(&recent), [2, 1]);
         // A late span of trace 1 makes it the most recent: trace 2 is pushed out next.
-        recent.record(&[span(1, 3)]);
+        recent.record([span(1, 3)]);
         assert_eq!(ids(&recent), [1, 2]);
-        recent.record(&[span(3, 4)]);
+        recent.record([span(3, 4)]);
         assert_eq!(ids(&recent), [3, 1]);
-        assert_eq!(recent.snapshot()[1].spans.len(), 2);
+        let spans = &recent.snapshot()[1].spans;
+        let ids: Vec<u64> = spans
+            .iter()
+            .map(|s| u64::from_be_bytes(s.span_context.span_id().to_bytes()))
+            .collect();
+        assert_eq!(ids, [1, 3]);
+        assert_eq!(recent.span_count(), 3);
     }
 }

@@ -199,7 +199,7 @@ impl Hop {
             Some(s) => (s.tracked, s.inferred),
             None => (None, None),
         };
-        if let (Role::Inbound, Some(parent_id)) = (role, server_id) {
+        if let (Role::Inbound, Some(parent_id), true) = (role, server_id, snapshot.stitch_inbound) {
             let injected = TraceParent {
                 trace_id,
                 parent_id,

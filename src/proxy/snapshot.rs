@@ -34,6 +34,9 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// `[tracing] redact_query_keys`, shared by every span of this snapshot.
     pub redact_query_keys: Arc<[String]>,
+    /// Inbound requests are registered for stitching: it is enabled and an outbound
+    /// listener exists to ask for their ids (with none, registering would be pure cost).
+    pub stitch_inbound: bool,
 }
 
 /// The current snapshot, shared by every listener.
@@ -114,6 +117,11 @@ impl Snapshot {
             generation,
             no_route,
             redact_query_keys: config.tracing.redact_query_keys.clone().into(),
+            stitch_inbound: config.stitching.enabled
+                && config
+                    .listeners
+                    .iter()
+                    .any(|l| l.role == crate::config::Role::Outbound),
             config,
             tables,
             upstreams,

@@ -107,12 +107,87 @@ pub struct SpanLink {
 }
 
 impl SpanRecord {
+    /// Copies what may share the received head's buffer (target, `Host`, `User-Agent`,
+    /// `tracestate`, captured headers) into its own allocations: a record kept for long
+    /// (the recent-traces view) must not hold a connection's whole read buffer.
+    pub fn detach(&mut self) {
+        fn own(value: &mut HeaderValue) {
+            if let Ok(copy) = HeaderValue::from_bytes(value.as_bytes()) {
+                *value = copy;
+            }
+        }
+        if let Ok(target) = Uri::try_from(self.target.to_string()) {
+            self.target = target;
+        }
+        for value in [&mut self.host, &mut self.user_agent, &mut self.tracestate]
+            .into_iter()
+            .flatten()
+        {
+            own(value);
+        }
+        for (_, value) in self
+            .request_headers
+            .iter_mut()
+            .chain(self.response_headers.iter_mut())
+        {
+            own(value);
+        }
+    }
+
     /// `{method} {route}`, or `{method}` when no route matched (OpenTelemetry HTTP
     /// semantic conventions: the route template, never the raw path).
     pub fn name(&self) -> String {
         match &self.route {
             Some(route) => format!("{} {}", self.method, route),
             None => self.method.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use bytes::Bytes;
+    use http::{HeaderName, HeaderValue, Uri};
+
+    /// Whether `part` lies inside `buffer`'s memory.
+    fn inside(part: &[u8], buffer: &Bytes) -> bool {
+        let range = buffer.as_ptr_range();
+        range.contains(&part.as_ptr())
+    }
+
+    #[test]
+    fn a_detached_record_shares_nothing_with_the_received_head() {
+        // As hyper parses a head: every value a slice of the one read buffer.
+        let head = Bytes::from(
+            b"/orders/7?x=1 shop.example curl/8 k=v 42-filler-to-make-it-large".repeat(100),
+        );
+        let slice = |from: usize, to: usize| head.slice(from..to);
+        let mut record = crate::export::convert::test_record();
+        record.target = Uri::from_maybe_shared(slice(0, 13)).unwrap();
+        record.host = Some(HeaderValue::from_maybe_shared(slice(14, 26)).unwrap());
+        record.user_agent = Some(HeaderValue::from_maybe_shared(slice(27, 33)).unwrap());
+        record.tracestate = Some(HeaderValue::from_maybe_shared(slice(34, 37)).unwrap());
+        record.request_headers = vec![(
+            HeaderName::from_static("x-id"),
+            HeaderValue::from_maybe_shared(slice(38, 40)).unwrap(),
+        )];
+        assert!(inside(record.host.as_ref().unwrap().as_bytes(), &head));
+        record.detach();
+        assert_eq!(record.target, "/orders/7?x=1");
+        assert_eq!(record.host.as_ref().unwrap(), "shop.example");
+        assert_eq!(record.user_agent.as_ref().unwrap(), "curl/8");
+        assert_eq!(record.tracestate.as_ref().unwrap(), "k=v");
+        assert_eq!(record.request_headers[0].1, "42");
+        let parts = [
+            record.target.path().as_bytes(),
+            record.host.as_ref().unwrap().as_bytes(),
+            record.user_agent.as_ref().unwrap().as_bytes(),
+            record.tracestate.as_ref().unwrap().as_bytes(),
+            record.request_headers[0].1.as_bytes(),
+        ];
+        for part in parts {
+            assert!(!inside(part, &head), "{part:?} still in the head's buffer");
         }
     }
 }
