@@ -145,7 +145,7 @@ impl SpanRecord {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use bytes::Bytes;
     use http::{HeaderName, HeaderValue, Uri};
