@@ -215,6 +215,7 @@ def measure(target, load, duration, state):
     hop = state["hoptrace"].get(target)
     spans_before = state["sink_count"]() if target == "hoptrace-on" else 0
     proxied_before = hop.metric("hoptrace_requests_total") if hop else 0
+    started_before = hop.metric("hoptrace_spans_started_total") if hop else 0
     result = run_wrk(port, int(n), duration) if kind == "h1" else run_h2load(port, int(n), duration)
     if pids:
         ticks = cpu_ticks(pids) - before
@@ -230,6 +231,10 @@ def measure(target, load, duration, state):
         result["spans_received"] = state["sink_count"]() - spans_before
         result["spans_dropped_total"] = hop.metric("hoptrace_spans_dropped_total")
         result["proxied"] = hop.metric("hoptrace_requests_total") - proxied_before
+        # One SERVER span per request received (inbound listener), answered or not: requests
+        # still in flight when the load generator closes its connections at the end of the
+        # run have a span (`client_closed`) but no status, so no `hoptrace_requests_total`.
+        result["spans_started"] = hop.metric("hoptrace_spans_started_total") - started_before
     return result
 
 
@@ -277,7 +282,7 @@ def main():
                     results[target][load].append(r)
                     print(f"rep {rep + 1} {load:7} {target:13} {r['rps']:>9.0f} req/s  p50 {r['p50_us']:>7.0f} us  p99 {r['p99_us']:>7.0f} us"
                           + (f"  cpu {r['cpu_us_per_req']:.1f} us/req" if 'cpu_us_per_req' in r else "")
-                          + (f"  spans {r['spans_received']:.0f}/{r['proxied']:.0f} proxied" if 'spans_received' in r else ""), flush=True)
+                          + (f"  spans {r['spans_received']:.0f}/{r['spans_started']:.0f} started, {r['proxied']:.0f} answered" if 'spans_received' in r else ""), flush=True)
         peak = {t: hwm_kib(state["pids"][t][-1]) for t in state["pids"]}
         report(results, peak, args)
         with open(args.json, "w") as f:
@@ -298,7 +303,7 @@ def report(results, peak, args):
     print(f"\n## Load benchmark ({args.reps} repetitions x {args.duration}s, median [min-max])\n")
     for load in args.loads.split(","):
         print(f"### {load.replace('h1:', 'HTTP/1.1, wrk, ').replace('h2:', 'h2c, h2load, 1 connection, ')} {'connections' if load.startswith('h1') else 'streams'}\n")
-        print("| target | req/s | p50 µs | p99 µs | added p50 µs vs direct | req/s vs nginx | proxy CPU µs/req | spans received / requests proxied (dropped) |")
+        print("| target | req/s | p50 µs | p99 µs | added p50 µs vs direct | req/s vs nginx | proxy CPU µs/req | spans received / requests received (of them answered; spans dropped) |")
         print("|---|---|---|---|---|---|---|---|")
         direct = med(results.get("direct", {}).get(load, []), "p50_us")
         nginx = med(results.get("nginx", {}).get(load, []), "rps")
@@ -310,7 +315,7 @@ def report(results, peak, args):
             ratio = f"{rps[0] / nginx[0]:.2f}" if nginx and target != "direct" else "-"
             spans = "-"
             if any("spans_received" in r for r in rs):
-                spans = ", ".join(f"{r['spans_received']:.0f}/{r['proxied']:.0f} ({r['spans_dropped_total']:.0f})" for r in rs)
+                spans = ", ".join(f"{r['spans_received']:.0f}/{r['spans_started']:.0f} ({r['proxied']:.0f}; {r['spans_dropped_total']:.0f})" for r in rs)
             print(f"| {target} | {f('rps')} | {f('p50_us')} | {f('p99_us')} | {added} | {ratio} | {f('cpu_us_per_req', '{:.1f}')} | {spans} |")
         print()
     print("Peak RSS (VmHWM) over the whole run: " + ", ".join(f"{t} {k / 1024:.1f} MiB" for t, k in peak.items()))

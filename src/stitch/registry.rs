@@ -192,6 +192,28 @@ impl Candidates {
     }
 }
 
+/// Hashes a span id by its own bytes: the ids are this process's own random SERVER span ids,
+/// so no one can choose them to collide, and SipHash would only add cost.
+#[derive(Clone, Copy, Debug, Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    /// The array's length prefix: the same for every id.
+    fn write_usize(&mut self, _: usize) {}
+}
+
+type IdMap<V> = HashMap<SpanId, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// `Candidates` index of the request answered last (others index `in_flight`).
 const ANSWERED_LAST: usize = usize::MAX;
 
@@ -201,7 +223,7 @@ pub struct Registry {
     in_flight: Vec<Entry>,
     /// Answered less than `linger` ago, by SERVER span id: under load these are the many
     /// (a request rate times `linger`), so they are found by id, never scanned.
-    answered: HashMap<SpanId, Entry>,
+    answered: IdMap<Entry>,
     /// The answered ones in the order they were answered: expiry pops from the front.
     answered_order: VecDeque<(Instant, SpanId)>,
 }
