@@ -60,14 +60,14 @@ impl<S> ActivityIo<S> {
 /// hyper's header read timer starts only after hyper-util's auto builder has read the first
 /// bytes (to tell HTTP/1.1 from the h2c preface), so without this a client that connects and
 /// sends nothing would hold its connection (and a `max_connections` slot) for ever.
+/// The connection is pinned by the caller, so its (large) future is stored once.
 pub(super) async fn first_byte_within<F: Future>(
     timeout: Duration,
     activity: &Activity,
-    connection: F,
+    mut connection: Pin<&mut F>,
 ) -> Option<F::Output> {
-    tokio::pin!(connection);
     tokio::select! {
-        served = &mut connection => Some(served),
+        served = connection.as_mut() => Some(served),
         () = tokio::time::sleep(timeout) => {
             if activity.ever_read.load(Ordering::Relaxed) {
                 Some(connection.await)
