@@ -1,10 +1,10 @@
 //! The inbound requests of this service that are in flight, in arrival order, and those
 //! answered less than `linger` ago (apps make calls after responding). Bounded by
 //! `max_inflight`. What is in flight (tens) is a plain `Vec` scanned linearly; the answered
-//! ones (under load a request rate times `linger`: about 1,500 at 30k requests/s) are kept
-//! by id and expire from the front of a queue in the order they were answered, so no
-//! operation scans them. Slots are reused: once the registry has held its peak, registering
-//! a request allocates nothing.
+//! ones (under load a request rate times `linger`: about 1,500 at 30k requests/s) are a
+//! queue in the order they were answered, found by id through a map and expired from the
+//! front, so no operation scans them. Slots are reused: once the registry has held its
+//! peak, registering a request allocates nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -221,11 +221,15 @@ const ANSWERED_LAST: usize = usize::MAX;
 pub struct Registry {
     /// Unanswered, in arrival order: what is in flight (tens).
     in_flight: Vec<Entry>,
-    /// Answered less than `linger` ago, by SERVER span id: under load these are the many
-    /// (a request rate times `linger`), so they are found by id, never scanned.
-    answered: IdMap<Entry>,
-    /// The answered ones in the order they were answered: expiry pops from the front.
-    answered_order: VecDeque<(Instant, SpanId)>,
+    /// Answered less than `linger` ago, in the order they were answered: expiry pops from
+    /// the front. Under load these are the many (a request rate times `linger`), so they are
+    /// found through `answered_ids`, never scanned; a queue keeps them dense (a map of whole
+    /// entries would hold many more empty slots).
+    answered: VecDeque<Entry>,
+    /// Each answered request's sequence number: its index is that minus `expired`.
+    answered_ids: IdMap<u64>,
+    /// Answered requests expired so far: the sequence number of `answered`'s front.
+    expired: u64,
 }
 
 impl Registry {
@@ -238,8 +242,8 @@ impl Registry {
         if self.in_flight.capacity() == 0 {
             let reserve = cap.min(PREALLOCATED);
             self.in_flight.reserve_exact(reserve);
-            self.answered.reserve(reserve);
-            self.answered_order.reserve_exact(reserve);
+            self.answered.reserve_exact(reserve);
+            self.answered_ids.reserve(reserve);
         }
         self.in_flight.push(entry);
         true
@@ -256,14 +260,24 @@ impl Registry {
         };
         let mut entry = self.in_flight.remove(i);
         entry.ended = Some(now);
-        self.answered_order.push_back((now, id));
-        self.answered.insert(id, entry);
+        let seq = self.expired + self.answered.len() as u64;
+        self.answered.push_back(entry);
+        self.answered_ids.insert(id, seq);
+    }
+
+    /// The answered request `id`'s index in `answered`.
+    fn answered_index(&self, id: SpanId) -> Option<usize> {
+        let seq = self.answered_ids.get(&id)?;
+        usize::try_from(seq.checked_sub(self.expired)?).ok()
     }
 
     pub fn get_mut(&mut self, id: SpanId) -> Option<&mut Entry> {
         match self.in_flight.iter().position(|e| e.id() == id) {
             Some(i) => self.in_flight.get_mut(i),
-            None => self.answered.get_mut(&id),
+            None => {
+                let i = self.answered_index(id)?;
+                self.answered.get_mut(i)
+            }
         }
     }
 
@@ -275,12 +289,13 @@ impl Registry {
     /// Removes requests answered more than `linger` ago, handing each to `done`. Requests
     /// are answered in time order, so only the expired ones are looked at.
     pub fn expire(&mut self, now: Instant, linger: Duration, mut done: impl FnMut(&Entry)) {
-        while let Some(&(ended, id)) = self.answered_order.front() {
+        while let Some(ended) = self.answered.front().and_then(|e| e.ended) {
             if now.saturating_duration_since(ended) <= linger {
                 break;
             }
-            self.answered_order.pop_front();
-            if let Some(entry) = self.answered.remove(&id) {
+            if let Some(entry) = self.answered.pop_front() {
+                self.answered_ids.remove(&entry.id());
+                self.expired += 1;
                 done(&entry);
             }
         }
@@ -295,29 +310,21 @@ impl Registry {
         for i in (0..self.in_flight.len()).rev().take(max) {
             out.push(i);
         }
-        if out.len() < max && self.answered_last().is_some() {
+        if out.len() < max && !self.answered.is_empty() {
             out.push(ANSWERED_LAST);
         }
     }
 
-    fn answered_last(&self) -> Option<&Entry> {
-        let &(_, id) = self.answered_order.back()?;
-        self.answered.get(&id)
-    }
-
     pub fn entry(&self, index: usize) -> Option<&Entry> {
         match index {
-            ANSWERED_LAST => self.answered_last(),
+            ANSWERED_LAST => self.answered.back(),
             i => self.in_flight.get(i),
         }
     }
 
     pub fn entry_mut(&mut self, index: usize) -> Option<&mut Entry> {
         match index {
-            ANSWERED_LAST => {
-                let &(_, id) = self.answered_order.back()?;
-                self.answered.get_mut(&id)
-            }
+            ANSWERED_LAST => self.answered.back_mut(),
             i => self.in_flight.get_mut(i),
         }
     }
