@@ -604,3 +604,30 @@ async fn mid_response_failures_end_the_span_with_their_cause() {
     release.notify_waiters();
     proxy.shutdown().await;
 }
+
+/// Semantic conventions: a method outside the known set is exported as `_OTHER` with
+/// `http.request.method_original`, and names the span `HTTP {route}`; the request itself goes
+/// upstream with its method unchanged.
+#[tokio::test]
+async fn an_unknown_method_is_other_on_the_span_and_unchanged_upstream() {
+    let receiver = Receiver::start().await;
+    let upstream = echo_server("app").await;
+    let proxy = start_proxy(&config(&receiver, "gateway", upstream.addr, "", "")).await;
+    let addr = proxy.listener_addr("main").unwrap();
+    let request = Request::builder()
+        .method("PURGE")
+        .uri(format!("http://{addr}/cache/7"))
+        .body(full(""))
+        .unwrap();
+    let response = http1_client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_json(response).await["method"], "PURGE");
+    let spans = receiver.wait_for_spans(2).await;
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    for span in &spans {
+        assert_eq!(span.name, "HTTP /", "{span:#?}");
+        assert_eq!(span.attr_str("http.request.method"), Some("_OTHER"));
+        assert_eq!(span.attr_str("http.request.method_original"), Some("PURGE"));
+    }
+    proxy.shutdown().await;
+}

@@ -123,10 +123,18 @@ fn status(span: &SpanRecord) -> Status {
 
 fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
     let mut attrs = Vec::with_capacity(16);
-    attrs.push(KeyValue::new(
-        "http.request.method",
-        method_value(&span.method),
-    ));
+    match known_method(&span.method) {
+        Some(name) => attrs.push(KeyValue::new("http.request.method", name)),
+        // Semantic conventions: a method outside the known set is `_OTHER`, with the
+        // original kept beside it.
+        None => {
+            attrs.push(KeyValue::new("http.request.method", "_OTHER"));
+            attrs.push(KeyValue::new(
+                "http.request.method_original",
+                span.method.as_str().to_string(),
+            ));
+        }
+    }
     let (host, port, credentials) = host_and_port(span);
     if let Some(code) = span.status {
         attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
@@ -239,10 +247,11 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
     attrs
 }
 
-/// The method's name: the standard ones as static strings (no allocation per span).
-fn method_value(method: &http::Method) -> opentelemetry::Value {
+/// The methods the HTTP semantic conventions know (RFC 9110 and PATCH), as static strings;
+/// `None` for any other (`PURGE`, or `get` in lower case).
+pub(crate) fn known_method(method: &http::Method) -> Option<&'static str> {
     use http::Method;
-    let name = match *method {
+    Some(match *method {
         Method::GET => "GET",
         Method::POST => "POST",
         Method::PUT => "PUT",
@@ -252,9 +261,8 @@ fn method_value(method: &http::Method) -> opentelemetry::Value {
         Method::PATCH => "PATCH",
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
-        _ => return method.as_str().to_string().into(),
-    };
-    name.into()
+        _ => return None,
+    })
 }
 
 /// Captured headers as `string[]` attributes (semantic conventions), one per header name
@@ -432,6 +440,37 @@ mod tests {
 
     fn record() -> SpanRecord {
         super::test_record()
+    }
+
+    #[test]
+    fn an_unknown_method_is_other_with_its_original_and_names_the_span_http() {
+        let mut span = record();
+        span.method = http::Method::from_bytes(b"PURGE").unwrap();
+        span.route = Some("/cache".into());
+        let data = to_span_data(&span, &scope());
+        let get = |k: &str| {
+            data.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(get("http.request.method").as_deref(), Some("_OTHER"));
+        assert_eq!(
+            get("http.request.method_original").as_deref(),
+            Some("PURGE")
+        );
+        assert_eq!(data.name, "HTTP /cache");
+        span.route = None;
+        assert_eq!(span.name(), "HTTP");
+        // A known one has no `method_original`.
+        span.method = http::Method::DELETE;
+        let data = to_span_data(&span, &scope());
+        assert!(
+            data.attributes
+                .iter()
+                .all(|kv| kv.key.as_str() != "http.request.method_original")
+        );
+        assert_eq!(data.name, "DELETE");
     }
 
     #[test]

@@ -135,11 +135,13 @@ impl SpanRecord {
     }
 
     /// `{method} {route}`, or `{method}` when no route matched (OpenTelemetry HTTP
-    /// semantic conventions: the route template, never the raw path).
+    /// semantic conventions: the route template, never the raw path; `HTTP` for a method
+    /// outside the known set, whose attribute is `_OTHER`).
     pub fn name(&self) -> String {
+        let method = crate::export::convert::known_method(&self.method).unwrap_or("HTTP");
         match &self.route {
-            Some(route) => format!("{} {}", self.method, route),
-            None => self.method.to_string(),
+            Some(route) => format!("{method} {route}"),
+            None => method.to_string(),
         }
     }
 }
