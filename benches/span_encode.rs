@@ -1,15 +1,22 @@
 //! Cost per span of getting a recorded span onto the wire: `cargo bench --bench span_encode`.
 //!
-//! `SpanRecord` → OpenTelemetry `SpanData` (hoptrace's conversion, done in the export task)
-//! → OTLP protobuf (`ExportTraceServiceRequest`, encoded as opentelemetry-otlp would), for a
-//! batch of 512 SERVER spans with the usual HTTP attributes. Criterion reports the time per
-//! batch and, through `Throughput::Elements`, per span. Inputs are built outside the loop.
+//! For a batch of 512 SERVER spans with the usual HTTP attributes:
+//! - `record_to_span_data`: `SpanRecord` → OpenTelemetry `SpanData` (what the OTLP/HTTP,
+//!   stdout and Zipkin exporters are fed);
+//! - `record_to_otlp_protobuf`: that, then `ExportTraceServiceRequest` encoded as
+//!   opentelemetry-otlp does (its gRPC path, and hoptrace's before `wire`);
+//! - `record_to_otlp_protobuf_direct`: hoptrace's own encoder (`export::wire`), which the
+//!   OTLP/gRPC export uses: the same request, written straight from the records.
+//!
+//! Criterion reports the time per batch and, through `Throughput::Elements`, per span.
+//! Inputs are built outside the loop.
 
 use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hoptrace::export::convert::{scope, to_span_data};
+use hoptrace::export::wire::SpanBatch;
 use hoptrace::trace::context::{SpanId, TraceFlags, TraceId};
 use hoptrace::trace::span::{SpanKind, SpanRecord};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -83,6 +90,18 @@ fn bench(c: &mut Criterion) {
                 resource_spans: group_spans_by_resource_and_scope(spans, &resource),
             };
             black_box(request.encode_to_vec())
+        })
+    });
+    let sdk_resource = opentelemetry_sdk::Resource::builder_empty()
+        .with_service_name("bench")
+        .build();
+    let mut batch = SpanBatch::new(&sdk_resource, &scope);
+    group.bench_function("record_to_otlp_protobuf_direct", |b| {
+        b.iter(|| {
+            for r in &records {
+                batch.push(black_box(r));
+            }
+            black_box(batch.take())
         })
     });
     group.finish();

@@ -199,13 +199,8 @@ fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
-    // The partial-success counter sees the OTLP exporter's events whatever RUST_LOG says.
-    let partial = hoptrace::export::PartialSuccessLayer.with_filter(
-        tracing_subscriber::filter::filter_fn(|meta| meta.name().ends_with(".PartialSuccess")),
-    );
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
-        .with(partial)
         .init();
 }
 

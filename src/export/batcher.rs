@@ -16,12 +16,18 @@ use tracing::{debug, warn};
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::recent::RecentTraces;
-use super::{ExportStats, ExporterError, SpanSink, convert, otlp, stdout, zipkin};
-use crate::config::{Config, ExporterKind};
+use super::{ExportStats, ExporterError, SpanSink, convert, grpc, otlp, stdout, wire, zipkin};
+use crate::config::{Config, ExporterKind, OtlpProtocol};
 use crate::trace::span::SpanRecord;
 
 enum Backend {
-    Otlp(Box<opentelemetry_otlp::SpanExporter>),
+    /// OTLP/gRPC: spans encoded by `wire` as they arrive, under `resource`.
+    OtlpGrpc {
+        exporter: Box<grpc::GrpcExporter>,
+        resource: Box<Resource>,
+    },
+    /// OTLP/HTTP: opentelemetry-otlp's exporter, fed `SpanData`.
+    OtlpHttp(Box<opentelemetry_otlp::SpanExporter>),
     /// Zipkin v2 JSON; `service` is the local endpoint's `serviceName`.
     Zipkin {
         exporter: Box<zipkin::Exporter>,
@@ -85,9 +91,16 @@ pub fn spawn(
             exporter: Box::new(zipkin::build(&tracing.zipkin)?),
             service: config.service.name.clone(),
         },
-        ExporterKind::Otlp => {
-            Backend::Otlp(Box::new(otlp::build(&tracing.otlp, &resource(config))?))
-        }
+        ExporterKind::Otlp => match tracing.otlp.protocol {
+            OtlpProtocol::Grpc => Backend::OtlpGrpc {
+                exporter: Box::new(grpc::GrpcExporter::build(&tracing.otlp)?),
+                resource: Box::new(resource(config)),
+            },
+            OtlpProtocol::HttpProtobuf => Backend::OtlpHttp(Box::new(otlp::build_http(
+                &tracing.otlp,
+                &resource(config),
+            )?)),
+        },
     };
     let (tx, rx) = mpsc::channel(tracing.queue_size.max(1));
     let stats = Arc::new(ExportStats::default());
@@ -169,7 +182,7 @@ async fn run(
     };
     let scope = convert::scope();
     let keep = recent.capacity() > 0;
-    let mut batch = Batch::with_capacity(batch_size, &backend);
+    let mut batch = Batch::with_capacity(batch_size, &backend, &scope);
     // The first tick one delay from now (`interval` would fire at once and send whatever
     // had arrived as a tiny batch).
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + batch_delay, batch_delay);
@@ -209,28 +222,42 @@ async fn run(
     if !batch.is_empty() {
         sinks.export(&mut batch).await;
     }
-    if let Backend::Otlp(exporter) = &backend {
+    if let Backend::OtlpHttp(exporter) = &backend {
         let _ = exporter.shutdown();
     }
     debug!("span export stopped");
 }
 
-/// Spans waiting for export: the OpenTelemetry form (for OTLP, stdout and the recent-traces
-/// view) and, for Zipkin, its JSON, built from the record while the record is at hand.
+/// Spans waiting for export, in the form the backend takes: OTLP/gRPC's encoded request,
+/// the OpenTelemetry model (OTLP/HTTP, stdout), Zipkin's JSON; built from the record while
+/// the record is at hand.
 struct Batch {
+    wire: Option<wire::SpanBatch>,
     spans: Vec<SpanData>,
     zipkin: Vec<serde_json::Value>,
     /// The records themselves, for the recent-traces view (moved there, not copied).
     records: Vec<SpanRecord>,
+    len: usize,
 }
 
 impl Batch {
-    fn with_capacity(n: usize, backend: &Backend) -> Batch {
+    fn with_capacity(
+        n: usize,
+        backend: &Backend,
+        scope: &opentelemetry::InstrumentationScope,
+    ) -> Batch {
+        let wire = match backend {
+            Backend::OtlpGrpc { resource, .. } => Some(wire::SpanBatch::new(resource, scope)),
+            _ => None,
+        };
         let zipkin = matches!(backend, Backend::Zipkin { .. });
+        let model = matches!(backend, Backend::OtlpHttp(_) | Backend::Stdout);
         Batch {
-            spans: Vec::with_capacity(n),
+            wire,
+            spans: Vec::with_capacity(if model { n } else { 0 }),
             zipkin: Vec::with_capacity(if zipkin { n } else { 0 }),
             records: Vec::with_capacity(n),
+            len: 0,
         }
     }
 
@@ -242,11 +269,24 @@ impl Batch {
         scope: &opentelemetry::InstrumentationScope,
         backend: &Backend,
     ) {
-        let data = convert::to_span_data(&span, scope);
-        if let Backend::Zipkin { service, .. } = backend {
-            self.zipkin.push(zipkin::to_json(&span, &data, service));
+        self.len += 1;
+        match backend {
+            Backend::OtlpGrpc { .. } => {
+                if let Some(wire) = &mut self.wire {
+                    wire.push(&span);
+                }
+            }
+            Backend::Zipkin { service, .. } => {
+                let data = convert::to_span_data(&span, scope);
+                self.zipkin.push(zipkin::to_json(&span, &data, service));
+            }
+            Backend::OtlpHttp(_) | Backend::Stdout => {
+                self.spans.push(convert::to_span_data(&span, scope));
+            }
+            Backend::None => {}
+            #[cfg(test)]
+            Backend::Capture(_) => {}
         }
-        self.spans.push(data);
         if keep {
             span.detach();
             self.records.push(span);
@@ -254,11 +294,11 @@ impl Batch {
     }
 
     fn len(&self) -> usize {
-        self.spans.len()
+        self.len
     }
 
     fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.len == 0
     }
 }
 
@@ -283,19 +323,25 @@ impl Sinks<'_> {
 }
 
 async fn export(backend: &Backend, batch: &mut Batch, stats: &ExportStats) {
+    let count = std::mem::take(&mut batch.len) as u64;
     let spans = std::mem::take(&mut batch.spans);
-    let zipkin_spans = std::mem::take(&mut batch.zipkin);
-    let count = spans.len() as u64;
     let result = match backend {
-        Backend::Zipkin { exporter, .. } => exporter
-            .export(&zipkin_spans)
-            .await
-            .map_err(|e| e.to_string()),
-        Backend::Otlp(exporter) => exporter.export(spans).await.map_err(|e| e.to_string()),
+        Backend::OtlpGrpc { exporter, .. } => match &mut batch.wire {
+            Some(wire) => exporter.export(wire.take()).await,
+            None => Ok(()),
+        },
+        Backend::Zipkin { exporter, .. } => {
+            let zipkin_spans = std::mem::take(&mut batch.zipkin);
+            exporter
+                .export(&zipkin_spans)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Backend::OtlpHttp(exporter) => exporter.export(spans).await.map_err(|e| e.to_string()),
         Backend::Stdout => stdout::write(&spans).map_err(|e| e.to_string()),
         #[cfg(test)]
         Backend::Capture(batches) => {
-            let _ = batches.send((tokio::time::Instant::now(), spans.len()));
+            let _ = batches.send((tokio::time::Instant::now(), count as usize));
             Ok(())
         }
         // Not exported, and not lost either: nothing to count.

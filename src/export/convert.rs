@@ -98,56 +98,143 @@ fn links(span: &SpanRecord) -> SpanLinks {
 }
 
 fn extra_attributes(attributes: &[Attribute]) -> Vec<KeyValue> {
-    attributes
-        .iter()
-        .map(|a| match a.value {
-            AttributeValue::Bool(b) => KeyValue::new(a.key, b),
-            AttributeValue::F64(f) => KeyValue::new(a.key, f),
-            AttributeValue::Str(s) => KeyValue::new(a.key, s),
-        })
-        .collect()
+    let mut out = Vec::with_capacity(attributes.len());
+    visit_extra(attributes, &mut out);
+    out
 }
 
+pub(crate) fn visit_extra(attributes: &[Attribute], out: &mut impl AttributeSink) {
+    for a in attributes {
+        match a.value {
+            AttributeValue::Bool(b) => out.bool(a.key, b),
+            AttributeValue::F64(f) => out.double(a.key, f),
+            AttributeValue::Str(s) => out.string(a.key, Text::Static(s)),
+        }
+    }
+}
+
+/// A span's status: the OTLP status code (0 unset, 2 error) and its message.
 /// Semantic conventions: 5xx is an error on both kinds, 4xx only on CLIENT spans (for a
 /// server a 4xx is the caller's mistake); transport failures are errors.
-fn status(span: &SpanRecord) -> Status {
+pub(crate) fn status_code(span: &SpanRecord) -> (i32, &'static str) {
     if let Some(kind) = span.error_type {
-        return Status::error(kind);
+        return (2, kind);
     }
     match (span.kind, span.status) {
-        (_, Some(code)) if code >= 500 => Status::error(""),
-        (SpanKind::Client, Some(code)) if code >= 400 => Status::error(""),
+        (_, Some(code)) if code >= 500 => (2, ""),
+        (SpanKind::Client, Some(code)) if code >= 400 => (2, ""),
+        _ => (0, ""),
+    }
+}
+
+fn status(span: &SpanRecord) -> Status {
+    match status_code(span) {
+        (2, message) => Status::error(message),
         _ => Status::Unset,
+    }
+}
+
+/// A string attribute value (or a captured header's key), borrowed where the record
+/// holds it: the OTLP encoder copies it onto the wire, the `KeyValue` form keeps static
+/// and shared strings without a copy.
+pub(crate) enum Text<'a> {
+    Static(&'static str),
+    Shared(&'a std::sync::Arc<str>),
+    Borrowed(&'a str),
+    Owned(String),
+}
+
+impl Text<'_> {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Shared(s) => s,
+            Text::Borrowed(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+/// Where a span's attributes go, in order: `Vec<KeyValue>` (the OpenTelemetry model) or
+/// the OTLP protobuf encoder (`super::wire`), which writes them straight to the wire.
+pub(crate) trait AttributeSink {
+    fn string(&mut self, key: &'static str, value: Text<'_>);
+    fn int(&mut self, key: &'static str, value: i64);
+    fn bool(&mut self, key: &'static str, value: bool);
+    fn double(&mut self, key: &'static str, value: f64);
+    /// A `string[]` attribute (captured headers), its key built from a prefix and a name.
+    fn strings(&mut self, prefix: &'static str, name: &str, values: &[Cow<'_, str>]);
+}
+
+impl AttributeSink for Vec<KeyValue> {
+    fn string(&mut self, key: &'static str, value: Text<'_>) {
+        let value: opentelemetry::Value = match value {
+            Text::Static(s) => s.into(),
+            Text::Shared(s) => s.clone().into(),
+            Text::Borrowed(s) => s.to_string().into(),
+            Text::Owned(s) => s.into(),
+        };
+        self.push(KeyValue::new(key, value));
+    }
+
+    fn int(&mut self, key: &'static str, value: i64) {
+        self.push(KeyValue::new(key, value));
+    }
+
+    fn bool(&mut self, key: &'static str, value: bool) {
+        self.push(KeyValue::new(key, value));
+    }
+
+    fn double(&mut self, key: &'static str, value: f64) {
+        self.push(KeyValue::new(key, value));
+    }
+
+    fn strings(&mut self, prefix: &'static str, name: &str, values: &[Cow<'_, str>]) {
+        let values = values
+            .iter()
+            .map(|v| opentelemetry::StringValue::from(v.to_string()))
+            .collect();
+        self.push(KeyValue::new(
+            format!("{prefix}{name}"),
+            opentelemetry::Value::Array(opentelemetry::Array::String(values)),
+        ));
     }
 }
 
 fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
     let mut attrs = Vec::with_capacity(16);
+    visit_attributes(span, &mut attrs);
+    attrs
+}
+
+/// A span's attributes, following the stable HTTP semantic conventions, in the order both
+/// exports use.
+pub(crate) fn visit_attributes(span: &SpanRecord, attrs: &mut impl AttributeSink) {
     match known_method(&span.method) {
-        Some(name) => attrs.push(KeyValue::new("http.request.method", name)),
+        Some(name) => attrs.string("http.request.method", Text::Static(name)),
         // Semantic conventions: a method outside the known set is `_OTHER`, with the
         // original kept beside it.
         None => {
-            attrs.push(KeyValue::new("http.request.method", "_OTHER"));
-            attrs.push(KeyValue::new(
+            attrs.string("http.request.method", Text::Static("_OTHER"));
+            attrs.string(
                 "http.request.method_original",
-                span.method.as_str().to_string(),
-            ));
+                Text::Borrowed(span.method.as_str()),
+            );
         }
     }
     let (host, port, credentials) = host_and_port(span);
     if let Some(code) = span.status {
-        attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
+        attrs.int("http.response.status_code", i64::from(code));
     }
     if let Some(kind) = span.error_type {
-        attrs.push(KeyValue::new("error.type", kind));
+        attrs.string("error.type", Text::Static(kind));
     }
     if let Some(reason) = span.kept_reason {
-        attrs.push(KeyValue::new("hoptrace.kept_reason", reason));
+        attrs.string("hoptrace.kept_reason", Text::Static(reason));
     }
     if let Some(route) = &span.route {
         // Shared with the route table: no copy.
-        attrs.push(KeyValue::new("http.route", route.clone()));
+        attrs.string("http.route", Text::Shared(route));
     }
     let query = span
         .target
@@ -155,34 +242,30 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
         .map(|q| redact_query(q, &span.redact_query_keys));
     match span.kind {
         SpanKind::Server => {
-            attrs.push(KeyValue::new("url.path", span.target.path().to_string()));
-            attrs.push(KeyValue::new("url.scheme", span.scheme));
+            attrs.string("url.path", Text::Borrowed(span.target.path()));
+            attrs.string("url.scheme", Text::Static(span.scheme));
             if let Some(query) = query {
-                attrs.push(KeyValue::new("url.query", query));
+                attrs.string("url.query", Text::Owned(query));
             }
-            // One string for both attributes.
-            let client: std::sync::Arc<str> = span.client_addr.ip().to_string().into();
-            attrs.push(KeyValue::new("client.address", client.clone()));
-            attrs.push(KeyValue::new(
-                "client.port",
-                i64::from(span.client_addr.port()),
-            ));
-            attrs.push(KeyValue::new("network.peer.address", client));
-            attrs.push(KeyValue::new(
-                "network.peer.port",
-                i64::from(span.client_addr.port()),
-            ));
-            attrs.push(KeyValue::new(
-                "server.address",
-                host.clone()
-                    .unwrap_or_else(|| span.local_addr.ip().to_string()),
-            ));
-            attrs.push(KeyValue::new(
+            let client = IpText::new(span.client_addr.ip());
+            let client_port = i64::from(span.client_addr.port());
+            attrs.string("client.address", Text::Borrowed(&client));
+            attrs.int("client.port", client_port);
+            attrs.string("network.peer.address", Text::Borrowed(&client));
+            attrs.int("network.peer.port", client_port);
+            match host {
+                Some(host) => attrs.string("server.address", Text::Borrowed(host)),
+                None => attrs.string(
+                    "server.address",
+                    Text::Borrowed(&IpText::new(span.local_addr.ip())),
+                ),
+            }
+            attrs.int(
                 "server.port",
                 i64::from(port.unwrap_or(span.local_addr.port())),
-            ));
+            );
             if let Some(agent) = span.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
-                attrs.push(KeyValue::new("user_agent.original", agent.to_string()));
+                attrs.string("user_agent.original", Text::Borrowed(agent));
             }
         }
         SpanKind::Client => {
@@ -190,13 +273,8 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
             // The scheme's default port: 443 when the upstream connection is TLS.
             let default_port = if span.scheme == "https" { 443 } else { 80 };
             let port = port.unwrap_or(default_port);
-            attrs.push(KeyValue::new("server.address", host.clone()));
-            attrs.push(KeyValue::new("server.port", i64::from(port)));
-            let authority = if port == default_port {
-                host
-            } else {
-                format!("{host}:{port}")
-            };
+            attrs.string("server.address", Text::Borrowed(host));
+            attrs.int("server.port", i64::from(port));
             // Semantic conventions (url.full): credentials in the URL are replaced, not
             // dropped, so the reader knows some were sent.
             let userinfo = if credentials {
@@ -204,47 +282,41 @@ fn attributes(span: &SpanRecord) -> Vec<KeyValue> {
             } else {
                 ""
             };
-            let mut full = format!(
-                "{}://{userinfo}{authority}{}",
-                span.scheme,
-                span.target.path()
-            );
+            let mut full = format!("{}://{userinfo}{host}", span.scheme);
+            if port != default_port {
+                use std::fmt::Write as _;
+                let _ = write!(full, ":{port}");
+            }
+            full.push_str(span.target.path());
             if let Some(query) = query {
                 full.push('?');
                 full.push_str(&query);
             }
-            attrs.push(KeyValue::new("url.full", full));
+            attrs.string("url.full", Text::Owned(full));
             if let Some(peer) = &span.peer {
-                attrs.push(KeyValue::new(
-                    "network.peer.address",
-                    peer.host().to_string(),
-                ));
+                attrs.string("network.peer.address", Text::Borrowed(peer.host()));
                 if let Some(port) = peer.port_u16() {
-                    attrs.push(KeyValue::new("network.peer.port", i64::from(port)));
+                    attrs.int("network.peer.port", i64::from(port));
                 }
             }
             if span.resend_count > 0 {
-                attrs.push(KeyValue::new(
-                    "http.request.resend_count",
-                    i64::from(span.resend_count),
-                ));
+                attrs.int("http.request.resend_count", i64::from(span.resend_count));
             }
         }
     }
-    attrs.push(KeyValue::new(
+    attrs.string(
         "network.protocol.version",
-        match span.version {
+        Text::Static(match span.version {
             http::Version::HTTP_09 => "0.9",
             http::Version::HTTP_10 => "1.0",
             http::Version::HTTP_2 => "2",
             http::Version::HTTP_3 => "3",
             _ => "1.1",
-        },
-    ));
-    header_attributes(&mut attrs, "http.request.header.", &span.request_headers);
-    header_attributes(&mut attrs, "http.response.header.", &span.response_headers);
-    attrs.extend(extra_attributes(&span.attributes));
-    attrs
+        }),
+    );
+    header_attributes(attrs, "http.request.header.", &span.request_headers);
+    header_attributes(attrs, "http.response.header.", &span.response_headers);
+    visit_extra(&span.attributes, attrs);
 }
 
 /// The methods the HTTP semantic conventions know (RFC 9110 and PATCH), as static strings;
@@ -268,8 +340,8 @@ pub(crate) fn known_method(method: &http::Method) -> Option<&'static str> {
 /// Captured headers as `string[]` attributes (semantic conventions), one per header name
 /// with all its values in order.
 fn header_attributes(
-    attrs: &mut Vec<KeyValue>,
-    prefix: &str,
+    attrs: &mut impl AttributeSink,
+    prefix: &'static str,
     headers: &[(http::HeaderName, http::HeaderValue)],
 ) {
     let mut names: Vec<&http::HeaderName> = Vec::new();
@@ -279,41 +351,67 @@ fn header_attributes(
         }
     }
     for name in names {
-        let values: Vec<opentelemetry::StringValue> = headers
+        let values: Vec<Cow<'_, str>> = headers
             .iter()
             .filter(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned().into())
+            .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()))
             .collect();
-        attrs.push(KeyValue::new(
-            format!("{prefix}{name}"),
-            opentelemetry::Value::Array(opentelemetry::Array::String(values)),
-        ));
+        attrs.strings(prefix, name.as_str(), &values);
     }
 }
 
 /// Host and port the request was addressed to: the absolute-form target's authority, else
-/// `Host`, and whether it carried credentials (`user:pass@`, never included).
-fn host_and_port(span: &SpanRecord) -> (Option<String>, Option<u16>, bool) {
-    let authority = span
-        .target
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            span.host
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
-    let Some(authority) = authority else {
+/// `Host`, and whether it carried credentials (`user:pass@`, never included). Borrowed
+/// from the record.
+fn host_and_port(span: &SpanRecord) -> (Option<&str>, Option<u16>, bool) {
+    if let Some(a) = span.target.authority() {
+        return (Some(a.host()), a.port_u16(), a.as_str().contains('@'));
+    }
+    let Some(host) = span.host.as_ref().and_then(|h| h.to_str().ok()) else {
         return (None, None, false);
     };
-    let (credentials, authority) = match authority.rsplit_once('@') {
+    let (credentials, authority) = match host.rsplit_once('@') {
         Some((_, host)) => (true, host),
-        None => (false, authority.as_str()),
+        None => (false, host),
     };
-    match authority.parse::<http::uri::Authority>() {
-        Ok(a) => (Some(a.host().to_string()), a.port_u16(), credentials),
-        Err(_) => (Some(authority.to_string()), None, credentials),
+    let (host, port) = split_port(authority);
+    (Some(host), port, credentials)
+}
+
+/// `host[:port]` (an IPv6 address in brackets) split as `http::uri::Authority` does: a
+/// port that is not a number is no port.
+fn split_port(authority: &str) -> (&str, Option<u16>) {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && (!host.contains(':') || host.ends_with(']')) => {
+            (host, port.parse().ok())
+        }
+        _ => (authority, None),
+    }
+}
+
+/// An IP address formatted on the stack (the longest IPv6 form is 45 bytes).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: std::net::IpAddr) -> IpText {
+        use std::io::Write as _;
+        let mut buf = [0u8; 48];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        let _ = write!(cursor, "{ip}");
+        let len = cursor.position() as usize;
+        IpText { buf, len }
+    }
+}
+
+impl std::ops::Deref for IpText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only `Display` output of an address was written: ASCII.
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
     }
 }
 
@@ -471,6 +569,35 @@ mod tests {
                 .all(|kv| kv.key.as_str() != "http.request.method_original")
         );
         assert_eq!(data.name, "DELETE");
+    }
+
+    #[test]
+    fn a_host_header_splits_as_an_authority_would() {
+        let cases = [
+            ("shop.example:8443", "shop.example", Some(8443)),
+            ("shop.example", "shop.example", None),
+            ("[::1]:80", "[::1]", Some(80)),
+            ("[::1]", "[::1]", None),
+            ("h:", "h", None),
+            ("h:x1", "h", None),
+            ("h:99999", "h", None),
+            ("::1", "::1", None),
+        ];
+        for (input, host, port) in cases {
+            assert_eq!(split_port(input), (host, port), "{input}");
+            if let Ok(a) = input.parse::<http::uri::Authority>() {
+                assert_eq!((a.host(), a.port_u16()), (host, port), "http: {input}");
+            }
+        }
+        for ip in [
+            "10.0.0.7",
+            "::1",
+            "1111:2222:3333:4444:5555:6666:7777:8888",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(&*IpText::new(ip), ip.to_string());
+        }
     }
 
     #[test]

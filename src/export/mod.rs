@@ -5,10 +5,12 @@
 
 mod batcher;
 pub mod convert;
+mod grpc;
 mod otlp;
 mod partial;
 pub mod recent;
 mod stdout;
+pub mod wire;
 mod zipkin;
 
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use crate::trace::span::SpanRecord;
 
 pub use self::batcher::{ExportTask, spawn};
 pub use self::otlp::ExporterError;
-pub use self::partial::{PartialSuccessLayer, rejected_spans};
+pub use self::partial::rejected_spans;
 
 /// Counters of the export pipeline, shared with whoever reports them (logs, metrics).
 #[derive(Debug, Default)]

@@ -1,20 +1,18 @@
-//! Builds opentelemetry-otlp's exporter from `[tracing.otlp]`: gRPC (tonic) or
-//! HTTP/protobuf (hyper, not a blocking client), headers, gzip, timeout, TLS for gRPC.
-//! The exporter retries retryable failures itself (opentelemetry-otlp's `RetryPolicy`
-//! default: 3 retries, 100 ms doubling to 1.6 s, jitter), within `timeout`: gRPC UNAVAILABLE
-//! and friends, HTTP 429/502/503/504 and connection failures. It honours HTTP `Retry-After`
-//! on 429/503 and gRPC `RetryInfo` on UNAVAILABLE/RESOURCE_EXHAUSTED (capped at 30 s); see
-//! `tests/export_retry.rs`.
+//! Builds opentelemetry-otlp's exporter for `protocol = "http/protobuf"` from
+//! `[tracing.otlp]`: hyper (not a blocking client), headers, gzip, timeout, TLS (rustls with
+//! ring). The exporter retries retryable failures itself (opentelemetry-otlp's
+//! `RetryPolicy` default: 3 retries, 100 ms doubling to 1.6 s, jitter), within `timeout`:
+//! HTTP 429/502/503/504 and connection failures, honouring `Retry-After` on 429/503; see
+//! `tests/export_retry.rs`. The TLS and client-certificate helpers here serve the gRPC
+//! exporter (`super::grpc`) and Zipkin too.
 
 use std::collections::HashMap;
 
-use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
-use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanExporter as _;
 
-use crate::config::{Compression, OtlpConfig, OtlpProtocol};
+use crate::config::{Compression, OtlpConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExporterError {
@@ -35,74 +33,35 @@ pub enum ExporterError {
     Build(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
-pub fn build(
+/// The OTLP/HTTP exporter (opentelemetry-otlp's, over hyper). OTLP/gRPC is
+/// `super::grpc`, fed by `super::wire`.
+pub fn build_http(
     config: &OtlpConfig,
     resource: &Resource,
 ) -> Result<opentelemetry_otlp::SpanExporter, ExporterError> {
-    let endpoint = config.endpoint.to_string();
-    let https = config.endpoint.scheme_str() == Some("https");
-    let mut exporter = match config.protocol {
-        OtlpProtocol::Grpc => {
-            let mut headers = http::HeaderMap::new();
-            for (name, value) in &config.headers {
-                let header = http::HeaderName::try_from(name.as_str())
-                    .ok()
-                    .zip(http::HeaderValue::try_from(value.0.as_str()).ok());
-                let Some((name, value)) = header else {
-                    return Err(ExporterError::Header { name: name.clone() });
-                };
-                headers.append(name, value);
-            }
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(config.timeout)
-                .with_metadata(MetadataMap::from_headers(headers));
-            if config.compression == Compression::Gzip {
-                builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
-            }
-            if https {
-                let mut tls = ClientTlsConfig::new().with_native_roots();
-                if let Some(path) = &config.ca_file {
-                    let pem = std::fs::read(path).map_err(|source| ExporterError::CaFile {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    tls = tls.ca_certificate(Certificate::from_pem(pem));
-                }
-                if let Some((cert, key)) = client_identity(config)? {
-                    tls = tls.identity(Identity::from_pem(cert, key));
-                }
-                builder = builder.with_tls_config(tls);
-            }
-            builder.build()?
-        }
-        OtlpProtocol::HttpProtobuf => {
-            let headers: HashMap<String, String> = config
-                .headers
-                .iter()
-                .map(|(name, value)| (name.clone(), value.0.clone()))
-                .collect();
-            let client = super::partial::CheckingClient {
-                inner: opentelemetry_http::hyper::HyperClient::new(
-                    https_connector(config)?,
-                    config.timeout,
-                    None,
-                ),
-            };
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_http_client(client)
-                .with_endpoint(endpoint)
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(config.timeout)
-                .with_headers(headers);
-            if config.compression == Compression::Gzip {
-                builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
-            }
-            builder.build()?
-        }
+    let headers: HashMap<String, String> = config
+        .headers
+        .iter()
+        .map(|(name, value)| (name.clone(), value.0.clone()))
+        .collect();
+    let client = super::partial::CheckingClient {
+        inner: opentelemetry_http::hyper::HyperClient::new(
+            https_connector(config)?,
+            config.timeout,
+            None,
+        ),
     };
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(client)
+        .with_endpoint(config.endpoint.to_string())
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_timeout(config.timeout)
+        .with_headers(headers);
+    if config.compression == Compression::Gzip {
+        builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
+    }
+    let mut exporter = builder.build()?;
     exporter.set_resource(resource);
     Ok(exporter)
 }
@@ -112,7 +71,7 @@ type PemPair = (Vec<u8>, Vec<u8>);
 
 /// The collector client certificate and key (PEM), read and checked to form a pair. Both or
 /// neither are set (validation; an `OTEL_EXPORTER_OTLP_CLIENT_*` variable may set one).
-fn client_identity(config: &OtlpConfig) -> Result<Option<PemPair>, ExporterError> {
+pub(super) fn client_identity(config: &OtlpConfig) -> Result<Option<PemPair>, ExporterError> {
     let (cert, key) = match (&config.client_cert, &config.client_key) {
         (None, None) => return Ok(None),
         (Some(cert), Some(key)) => (cert, key),

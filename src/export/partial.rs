@@ -1,8 +1,7 @@
 //! OTLP partial success (the collector accepted the request but rejected some spans):
-//! logged and counted. The HTTP/protobuf exporter does not look at the response body, so
-//! `CheckingClient` wraps its HTTP client and decodes `ExportTraceServiceResponse` itself;
-//! the gRPC exporter logs a `TonicTracesClient.PartialSuccess` event, which
-//! `PartialSuccessLayer` counts.
+//! logged and counted. The gRPC exporter (`super::grpc`) decodes the response itself; the
+//! HTTP/protobuf exporter (opentelemetry-otlp's) does not look at the response body, so
+//! `CheckingClient` wraps its HTTP client and decodes `ExportTraceServiceResponse`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,9 +10,7 @@ use bytes::Bytes;
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber, warn};
-use tracing_subscriber::layer::{Context, Layer};
+use tracing::warn;
 
 static REJECTED_SPANS: AtomicU64 = AtomicU64::new(0);
 
@@ -43,7 +40,7 @@ impl<C: HttpClient> HttpClient for CheckingClient<C> {
     }
 }
 
-fn record(rejected: i64, message: &str) {
+pub(super) fn record(rejected: i64, message: &str) {
     if rejected > 0 || !message.is_empty() {
         REJECTED_SPANS.fetch_add(rejected.max(0) as u64, Ordering::Relaxed);
         warn!(
@@ -51,36 +48,4 @@ fn record(rejected: i64, message: &str) {
             message, "OTLP partial success: the collector rejected spans"
         );
     }
-}
-
-/// Counts the gRPC exporter's partial-success log events (install it in the subscriber).
-#[derive(Debug, Default)]
-pub struct PartialSuccessLayer;
-
-impl<S: Subscriber> Layer<S> for PartialSuccessLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if event.metadata().name() == "TonicTracesClient.PartialSuccess" {
-            let mut rejected = RejectedField(0);
-            event.record(&mut rejected);
-            REJECTED_SPANS.fetch_add(rejected.0.max(0) as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-struct RejectedField(i64);
-
-impl Visit for RejectedField {
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        if field.name() == "rejected_spans" {
-            self.0 = value;
-        }
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        if field.name() == "rejected_spans" {
-            self.0 = i64::try_from(value).unwrap_or(i64::MAX);
-        }
-    }
-
-    fn record_debug(&mut self, _field: &Field, _value: &dyn std::fmt::Debug) {}
 }
