@@ -4,7 +4,9 @@ switches per request (perf stat tracepoints on the proxy's pids), peak RSS, thro
 
 Run (after `cargo build --release --bin hoptrace --example otlp_sink`):
   python3 benches/per_request.py nginx|off|on [connections=64] [seconds=5] [hoptrace binary]
-  RECORD=/tmp/x.data python3 benches/per_request.py on     # also a perf profile (cpu-clock)
+  RECORD=/tmp/x.data python3 benches/per_request.py on     # also a perf profile (RECORD_EVENT, cpu-clock)
+  PERF_EXTRA=probe_libc:malloc python3 benches/per_request.py on   # more events per request
+    (a uprobe first: perf probe -x /lib/x86_64-linux-gnu/libc.so.6 malloc)
 
 Same setup as load.py (its classes are reused): nginx upstream, counting OTLP sink and wrk on
 core 1, the proxy on core 0. One run, one line; alternate builds yourself and repeat.
@@ -29,8 +31,8 @@ try:
     L.run_wrk(port, conns, 1)  # warm
     t0 = L.cpu_ticks(pids)
     if os.environ.get("RECORD"):
-        rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", os.environ.get("RECORD_FREQ", "4999"), "--call-graph", os.environ.get("RECORD_CALLGRAPH", "fp"), "-o", os.environ["RECORD"], "-p", ",".join(map(str, pids))], stderr=subprocess.DEVNULL)
-    perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches", "-p", ",".join(map(str, pids))], stderr=subprocess.PIPE, text=True)
+        rec = subprocess.Popen(["perf", "record", "-e", os.environ.get("RECORD_EVENT", "cpu-clock"), *(["-c", os.environ["RECORD_PERIOD"]] if os.environ.get("RECORD_PERIOD") else ["-F", os.environ.get("RECORD_FREQ", "4999")]), "--call-graph", os.environ.get("RECORD_CALLGRAPH", "fp"), "-o", os.environ["RECORD"], "-p", ",".join(map(str, pids))], stderr=subprocess.DEVNULL)
+    perf = subprocess.Popen(["perf", "stat", "-x,", "-e", ",".join(["raw_syscalls:sys_enter", "context-switches"] + ([os.environ["PERF_EXTRA"]] if os.environ.get("PERF_EXTRA") else [])), "-p", ",".join(map(str, pids))], stderr=subprocess.PIPE, text=True)
     r = L.run_wrk(port, conns, dur)
     perf.send_signal(signal.SIGINT); err = perf.communicate()[1]
     if os.environ.get("RECORD"):

@@ -288,6 +288,8 @@ impl Batch {
             Backend::Capture(_) => {}
         }
         if keep {
+            // Now, not when the batch leaves: a record holds its request's whole read
+            // buffer until detached.
             span.detach();
             self.records.push(span);
         }

@@ -54,7 +54,8 @@ impl RecentTraces {
         self.capacity
     }
 
-    /// Takes a finished batch's span records (in arrival order).
+    /// Takes a finished batch's span records (in arrival order), detached from their
+    /// requests' read buffers (`SpanRecord::detach`).
     pub fn record(&self, spans: impl IntoIterator<Item = SpanRecord>) {
         if self.capacity == 0 {
             return;
@@ -137,12 +138,12 @@ mod tests {
     #[test]
     fn most_recently_active_first_and_least_recent_pushed_out() {
         let recent = RecentTraces::new(2);
-        recent.record([span(1, 1), span(2, 2)]);
+        recent.record(vec![span(1, 1), span(2, 2)]);
         assert_eq!(ids(&recent), [2, 1]);
         // A late span of trace 1 makes it the most recent: trace 2 is pushed out next.
-        recent.record([span(1, 3)]);
+        recent.record(vec![span(1, 3)]);
         assert_eq!(ids(&recent), [1, 2]);
-        recent.record([span(3, 4)]);
+        recent.record(vec![span(3, 4)]);
         assert_eq!(ids(&recent), [3, 1]);
         let spans = &recent.snapshot()[1].spans;
         let ids: Vec<u64> = spans
@@ -151,5 +152,36 @@ mod tests {
             .collect();
         assert_eq!(ids, [1, 3]);
         assert_eq!(recent.span_count(), 3);
+    }
+
+    #[test]
+    fn a_trace_pushed_out_starts_again_when_it_is_active_again() {
+        let recent = RecentTraces::new(2);
+        recent.record(vec![span(9, 1)]);
+        // Four traces interleaved in a view of two: the two whose latest spans came last
+        // (4, then 1) stay, each with the spans that arrived since it last came back.
+        let batch = vec![
+            span(1, 2),
+            span(3, 3),
+            span(2, 4),
+            span(4, 5),
+            span(3, 6),
+            span(1, 7),
+            span(4, 8),
+        ];
+        recent.record(batch);
+        assert_eq!(ids(&recent), [4, 1]);
+        let spans: Vec<Vec<u64>> = recent
+            .snapshot()
+            .iter()
+            .map(|t| {
+                t.spans
+                    .iter()
+                    .map(|s| u64::from_be_bytes(s.span_context.span_id().to_bytes()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(spans, [vec![8], vec![7]]);
+        assert_eq!(recent.span_count(), 2);
     }
 }

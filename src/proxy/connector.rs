@@ -21,7 +21,8 @@ use crate::metrics::ConnectMetrics;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Attached to every upstream connection (readable through `capture_connection`).
+/// Attached to every upstream connection; the client copies it into each response's
+/// extensions.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnMeta {
     pub established: Instant,
@@ -248,15 +249,4 @@ impl Write for Tagged {
     ) -> Poll<io::Result<usize>> {
         delegate!(&mut self.get_mut().io, poll_write_vectored(cx, bufs))
     }
-}
-
-/// The `ConnMeta` of the connection a request used, if the client captured one.
-pub fn conn_meta(
-    capture: &hyper_util::client::legacy::connect::CaptureConnection,
-) -> Option<ConnMeta> {
-    let connected = capture.connection_metadata();
-    let connected = connected.as_ref()?;
-    let mut extensions = http::Extensions::new();
-    connected.get_extras(&mut extensions);
-    extensions.get::<ConnMeta>().copied()
 }

@@ -296,7 +296,10 @@ async fn forward(
         endpoint.record_success(started.elapsed());
         let status = response.status();
         if let Some(hop) = hop.as_deref_mut() {
-            hop.attempt_response(status.as_u16());
+            hop.attempt_response(
+                status.as_u16(),
+                response.extensions().get::<super::connector::ConnMeta>(),
+            );
         }
         if may_retry && policy.retry_on.contains(&status.as_u16()) && retry_allowed(upstream) {
             debug!(

@@ -74,16 +74,30 @@ pub fn add_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let mut xff = String::new();
-    for prior in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(prior) = prior.to_str() {
-            xff.push_str(prior);
-            xff.push_str(", ");
+    // Built on the stack when it fits (one allocation, the header value's own).
+    let mut stack = [0u8; 256];
+    let mut out = std::io::Cursor::new(&mut stack[..]);
+    let mut heap = Vec::new();
+    let write = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
+        for prior in headers.get_all(&X_FORWARDED_FOR) {
+            if prior.to_str().is_ok() {
+                out.write_all(prior.as_bytes())?;
+                out.write_all(b", ")?;
+            }
         }
-    }
-    use std::fmt::Write as _;
-    let _ = write!(xff, "{client}");
-    if let Ok(value) = HeaderValue::try_from(xff) {
+        write!(out, "{client}")
+    };
+    let value = match write(&mut out) {
+        Ok(()) => {
+            let len = out.position() as usize;
+            HeaderValue::from_bytes(stack.get(..len).unwrap_or_default())
+        }
+        Err(_) => {
+            let _ = write(&mut heap);
+            HeaderValue::from_bytes(&heap)
+        }
+    };
+    if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -162,5 +176,24 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn a_long_forwarded_for_chain_is_appended_whole() {
+        // Longer than the stack buffer: built on the heap instead, nothing cut.
+        let chain = (0..40)
+            .map(|i| format!("10.0.{i}.{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_str(&chain).unwrap());
+        h.append("x-forwarded-for", HeaderValue::from_static("192.168.1.1"));
+        add_forwarded(&mut h, "10.9.9.9".parse().unwrap(), "http", None);
+        assert!(chain.len() > 256);
+        assert_eq!(
+            h["x-forwarded-for"],
+            format!("{chain}, 192.168.1.1, 10.9.9.9").as_str()
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
     }
 }

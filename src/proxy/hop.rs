@@ -21,13 +21,12 @@ use std::time::{Instant, SystemTime};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::{CaptureConnection, capture_connection};
 
 mod finish;
 
 pub use self::finish::{Outcome, SpanFinish};
 
-use super::connector::conn_meta;
+use super::connector::ConnMeta;
 use super::error::ProxyError;
 use super::listener::{ConnInfo, ListenerCtx};
 use super::route::Route;
@@ -76,7 +75,6 @@ struct Recording {
     has_server: bool,
     client: Option<SpanRecord>,
     client_started: Option<Instant>,
-    capture: Option<CaptureConnection>,
     /// Set for an unsampled request recorded only in case it fails or is slow.
     tail: Option<Tail>,
     /// Outbound: the parent was inferred (or candidates linked) by stitching.
@@ -283,7 +281,6 @@ impl Hop {
                 has_server: role != Role::Outbound,
                 client: None,
                 client_started: None,
-                capture: None,
                 inferred: None,
             })
         });
@@ -375,19 +372,18 @@ impl Hop {
         client.resend_count = self.resend_count;
         rec.client = Some(client);
         rec.client_started = Some(now);
-        rec.capture = Some(capture_connection(req));
         if rec.tail.is_none() {
             rec.sink.started(1);
         }
     }
 
-    /// Response headers arrived from the upstream.
-    pub fn attempt_response(&mut self, status: u16) {
+    /// Response headers arrived from the upstream, over the connection `meta` describes
+    /// (the client copies each connection's `ConnMeta` into its responses' extensions).
+    pub fn attempt_response(&mut self, status: u16, meta: Option<&ConnMeta>) {
         let Some(rec) = self.recording.as_mut() else {
             return;
         };
         let now = Instant::now();
-        let meta = rec.capture.take().as_ref().and_then(conn_meta);
         if let (Some(client), Some(client_started)) = (rec.client.as_mut(), rec.client_started) {
             client.status = Some(status);
             client.first_byte = Some(now.duration_since(client_started));
@@ -425,7 +421,6 @@ impl Hop {
             client.error_type = client.error_type.or(error_type);
             rec.sink.try_send(client);
         }
-        rec.capture = None;
     }
 
     /// The request failed with `err` (before any upstream response).
