@@ -26,8 +26,8 @@ def sh(*cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def ensure_tools():
-    missing = [p for p, b in [("nginx-light", "nginx"), ("wrk", "wrk"), ("nghttp2-client", "h2load")] if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}")]
+def ensure_tools(extra=()):
+    missing = [p for p, b in [("nginx-light", "nginx"), ("wrk", "wrk"), ("nghttp2-client", "h2load"), *extra] if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}")]
     if missing:
         sudo = [] if os.geteuid() == 0 else ["sudo"]
         sh(*sudo, "apt-get", "update", "-qq")

@@ -97,8 +97,9 @@ enum Inner {
     /// Streamed from the upstream, frame by frame, as it arrives.
     Upstream {
         body: Incoming,
-        /// Keeps the endpoint counted as outstanding (p2c) until the body is done or dropped.
-        _in_flight: InFlight,
+        /// Keeps the endpoint counted as outstanding (p2c) until the body is done or dropped,
+        /// and the connection, which goes back to the pool only if the body was read to its end.
+        in_flight: InFlight,
         /// The upstream's `body_timeout`: the longest wait for its next frame.
         idle: Duration,
         /// Armed while waiting for a frame (created on the first wait only).
@@ -114,7 +115,7 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Upstream {
                 body,
-                _in_flight: in_flight,
+                in_flight,
                 idle,
                 stall: None,
             },
@@ -161,6 +162,11 @@ impl ResponseBody {
     }
 
     fn finish(&mut self, outcome: Outcome) {
+        if outcome == Outcome::Complete {
+            if let Inner::Upstream { in_flight, .. } = &mut self.inner {
+                in_flight.body_done();
+            }
+        }
         if let Some(spans) = self.spans.take() {
             spans.finish(outcome);
         }
@@ -174,6 +180,14 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        if let Inner::Upstream {
+            body, in_flight, ..
+        } = &mut self.inner
+        {
+            if body.is_end_stream() {
+                in_flight.body_done();
+            }
+        }
         if self.spans.is_some() || self.done.is_some() || self.tracked.is_some() {
             // hyper drops a body it never needed to poll (empty, HEAD): that is complete.
             let outcome = if self.is_end_stream() {

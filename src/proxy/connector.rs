@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -21,8 +21,7 @@ use crate::metrics::ConnectMetrics;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Attached to every upstream connection; the client copies it into each response's
-/// extensions.
+/// When an upstream connection was made; the client returns it with each response.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnMeta {
     pub established: Instant,
@@ -180,21 +179,9 @@ async fn handshake(
     }
 }
 
-impl Connection for Tagged {
-    fn connected(&self) -> Connected {
-        let connected = match &self.io {
-            Io::Plain(io) => io.connected(),
-            Io::Tls(io) => {
-                let (tcp, session) = io.inner().get_ref();
-                let connected = tcp.connected();
-                if session.alpn_protocol() == Some(b"h2") {
-                    connected.negotiated_h2()
-                } else {
-                    connected
-                }
-            }
-        };
-        connected.extra(self.meta)
+impl Tagged {
+    pub fn meta(&self) -> ConnMeta {
+        self.meta
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, info, warn};
 
 use super::body::{AccessEntry, RequestDone, ResponseBody};
+use super::client::SendError;
 use super::error::{ProxyError, is_timeout, is_tls};
 use super::headers::{add_forwarded, is_upgrade_request, remove_hop_by_hop};
 use super::hop::Hop;
@@ -226,13 +227,6 @@ async fn forward(
                 });
             }
         };
-        // Send to the chosen endpoint: the URI's authority selects the client's pool.
-        *req.uri_mut() = Uri::builder()
-            .scheme(upstream.scheme())
-            .authority(endpoint.authority.clone())
-            .path_and_query(path.clone())
-            .build()
-            .map_err(ProxyError::BadTarget)?;
         if let Some(hop) = hop.as_deref_mut() {
             if attempt > 0 {
                 hop.inject(req.headers_mut());
@@ -242,9 +236,13 @@ async fn forward(
 
         let started = Instant::now();
         let timeout = upstream.config.request_timeout;
-        let sent = tokio::time::timeout(timeout, upstream.client.request(req)).await;
+        let sent = tokio::time::timeout(
+            timeout,
+            upstream.client.send(in_flight.index(), path.clone(), req),
+        )
+        .await;
         let may_retry = replay.is_some() && attempt < policy.retries;
-        let response = match sent {
+        let sent = match sent {
             Err(_elapsed) => {
                 return Err(ProxyError::Timeout {
                     upstream: upstream.name.clone(),
@@ -291,15 +289,15 @@ async fn forward(
                 attempt += 1;
                 continue;
             }
-            Ok(Ok(response)) => response,
+            Ok(Ok(sent)) => sent,
         };
         endpoint.record_success(started.elapsed());
+        let mut in_flight = in_flight;
+        in_flight.hold(sent.conn);
+        let response = sent.response;
         let status = response.status();
         if let Some(hop) = hop.as_deref_mut() {
-            hop.attempt_response(
-                status.as_u16(),
-                response.extensions().get::<super::connector::ConnMeta>(),
-            );
+            hop.attempt_response(status.as_u16(), Some(&sent.meta));
         }
         if may_retry && policy.retry_on.contains(&status.as_u16()) && retry_allowed(upstream) {
             debug!(
@@ -364,11 +362,7 @@ fn respond(
 }
 
 /// Classifies a client error. A refused or timed-out connect puts the endpoint in back-off.
-fn upstream_error(
-    upstream: &Upstream,
-    in_flight: &InFlight,
-    err: hyper_util::client::legacy::Error,
-) -> ProxyError {
+fn upstream_error(upstream: &Upstream, in_flight: &InFlight, err: SendError) -> ProxyError {
     let Some(state) = in_flight.endpoint() else {
         return ProxyError::NoEndpoint {
             upstream: upstream.name.clone(),
@@ -376,39 +370,39 @@ fn upstream_error(
     };
     let endpoint = state.endpoint.clone();
     let name = upstream.name.clone();
-    if err.is_connect() {
-        state.mark_failed(upstream.config.failure_backoff);
-        if is_timeout(&err) {
-            ProxyError::ConnectTimeout {
-                upstream: name,
-                endpoint,
-                timeout: upstream.config.connect_timeout,
-            }
-        } else if is_tls(&err) {
-            ProxyError::Tls {
-                upstream: name,
-                endpoint,
-                source: err.into(),
-            }
-        } else {
-            ProxyError::Connect {
-                upstream: name,
-                endpoint,
-                source: err.into(),
+    match err {
+        SendError::Connect(source) => {
+            state.mark_failed(upstream.config.failure_backoff);
+            if is_timeout(source.as_ref()) {
+                ProxyError::ConnectTimeout {
+                    upstream: name,
+                    endpoint,
+                    timeout: upstream.config.connect_timeout,
+                }
+            } else if is_tls(source.as_ref()) {
+                ProxyError::Tls {
+                    upstream: name,
+                    endpoint,
+                    source,
+                }
+            } else {
+                ProxyError::Connect {
+                    upstream: name,
+                    endpoint,
+                    source,
+                }
             }
         }
-    } else if is_tls(&err) {
-        ProxyError::Tls {
+        SendError::Request(source) if is_tls(&source) => ProxyError::Tls {
             upstream: name,
             endpoint,
-            source: err.into(),
-        }
-    } else {
-        ProxyError::Reset {
+            source: source.into(),
+        },
+        SendError::Request(source) => ProxyError::Reset {
             upstream: name,
             endpoint,
-            source: err.into(),
-        }
+            source: source.into(),
+        },
     }
 }
 

@@ -19,6 +19,7 @@
 
 mod balance;
 mod body;
+mod client;
 mod conn_end;
 mod connector;
 mod error;

@@ -1,34 +1,29 @@
 //! An upstream: its endpoints, their balancer, and the pooled HTTP client that reaches them.
 //!
-//! One hyper-util client per upstream, so HTTP/1.1 vs h2c and pool settings are per upstream
-//! and a reload can carry an unchanged upstream (and its warm connections) over as one `Arc`.
-//! The client pools by authority, and every endpoint has its own, so each endpoint has its own
-//! pool of kept-alive connections.
+//! One client per upstream, so HTTP/1.1 vs h2c and pool settings are per upstream and a reload
+//! can carry an unchanged upstream (and its warm connections) over as one `Arc`. The client
+//! keeps a pool per endpoint, found by the index the balancer picked.
 
 use std::sync::Arc;
 
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use rustls::pki_types::ServerName;
 
+use super::client::{Client, Conn};
 use super::connector::{TaggingConnector, TlsConnect};
 use crate::tls::TlsError;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balance::{Balancer, EndpointState};
-use super::request_body::RequestBody;
 use super::retry::RetryBudget;
 use crate::config::{Protocol, UpstreamConfig};
 use crate::metrics::{ConnectMetrics, RetryMetrics};
-
-pub type UpstreamClient = Client<TaggingConnector, RequestBody>;
 
 #[derive(Debug)]
 pub struct Upstream {
     pub name: Arc<str>,
     pub config: UpstreamConfig,
-    pub client: UpstreamClient,
+    pub client: Client,
     pub balancer: Balancer,
     pub retry_budget: RetryBudget,
     pub retry_metrics: RetryMetrics,
@@ -64,14 +59,12 @@ impl Upstream {
         connector.set_connect_timeout(Some(config.connect_timeout));
         // Small requests must not wait for Nagle.
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_endpoint)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(config.protocol == Protocol::Http2)
-            .build(TaggingConnector::new(connector, metrics, tls));
-        let endpoints = config
+        let scheme = if tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        let endpoints: Vec<EndpointState> = config
             .endpoints
             .iter()
             .filter_map(|ep| {
@@ -80,6 +73,14 @@ impl Upstream {
                 Some(EndpointState::new(ep.clone(), authority))
             })
             .collect();
+        let client = Client::new(
+            TaggingConnector::new(connector, metrics, tls),
+            config.protocol,
+            scheme,
+            config.idle_timeout,
+            config.max_idle_per_endpoint,
+            endpoints.iter().map(|ep| ep.authority.clone()),
+        );
         Ok(Upstream {
             name: name.into(),
             config: config.clone(),
@@ -118,6 +119,10 @@ impl Upstream {
 pub struct InFlight {
     upstream: Arc<Upstream>,
     index: usize,
+    /// The HTTP/1.1 connection the response comes over, and whether its body has been read
+    /// to the end (then the connection goes back to the pool).
+    conn: Option<Conn>,
+    body_done: bool,
 }
 
 impl InFlight {
@@ -127,7 +132,23 @@ impl InFlight {
         Some(InFlight {
             upstream: upstream.clone(),
             index,
+            conn: None,
+            body_done: false,
         })
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The response comes over `conn`.
+    pub fn hold(&mut self, conn: Option<Conn>) {
+        self.conn = conn;
+    }
+
+    /// The response body has been read to its end: the connection can carry another request.
+    pub fn body_done(&mut self) {
+        self.body_done = true;
     }
 
     pub fn endpoint(&self) -> Option<&EndpointState> {
@@ -138,5 +159,10 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.upstream.balancer.release(self.index);
+        if let Some(conn) = self.conn.take() {
+            if self.body_done {
+                self.upstream.client.release(self.index, conn);
+            }
+        }
     }
 }
