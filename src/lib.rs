@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod stitch;
+pub mod text;
 pub mod tls;
 pub mod trace;
 

@@ -247,7 +247,7 @@ pub(crate) fn visit_attributes(span: &SpanRecord, attrs: &mut impl AttributeSink
             if let Some(query) = query {
                 attrs.string("url.query", Text::Owned(query));
             }
-            let client = IpText::new(span.client_addr.ip());
+            let client = crate::text::ip(span.client_addr.ip());
             let client_port = i64::from(span.client_addr.port());
             attrs.string("client.address", Text::Borrowed(&client));
             attrs.int("client.port", client_port);
@@ -257,7 +257,7 @@ pub(crate) fn visit_attributes(span: &SpanRecord, attrs: &mut impl AttributeSink
                 Some(host) => attrs.string("server.address", Text::Borrowed(host)),
                 None => attrs.string(
                     "server.address",
-                    Text::Borrowed(&IpText::new(span.local_addr.ip())),
+                    Text::Borrowed(&crate::text::ip(span.local_addr.ip())),
                 ),
             }
             attrs.int(
@@ -282,17 +282,21 @@ pub(crate) fn visit_attributes(span: &SpanRecord, attrs: &mut impl AttributeSink
             } else {
                 ""
             };
-            let mut full = format!("{}://{userinfo}{host}", span.scheme);
+            let mut full = crate::text::StackText::<256>::default();
+            full.push_str(span.scheme);
+            full.push_str("://");
+            full.push_str(userinfo);
+            full.push_str(host);
             if port != default_port {
-                use std::fmt::Write as _;
-                let _ = write!(full, ":{port}");
+                full.push_str(":");
+                full.push_u16(port);
             }
             full.push_str(span.target.path());
-            if let Some(query) = query {
-                full.push('?');
-                full.push_str(&query);
+            if let Some(query) = &query {
+                full.push_str("?");
+                full.push_str(query);
             }
-            attrs.string("url.full", Text::Owned(full));
+            attrs.string("url.full", Text::Borrowed(&full));
             if let Some(peer) = &span.peer {
                 attrs.string("network.peer.address", Text::Borrowed(peer.host()));
                 if let Some(port) = peer.port_u16() {
@@ -386,32 +390,6 @@ fn split_port(authority: &str) -> (&str, Option<u16>) {
             (host, port.parse().ok())
         }
         _ => (authority, None),
-    }
-}
-
-/// An IP address formatted on the stack (the longest IPv6 form is 45 bytes).
-struct IpText {
-    buf: [u8; 48],
-    len: usize,
-}
-
-impl IpText {
-    fn new(ip: std::net::IpAddr) -> IpText {
-        use std::io::Write as _;
-        let mut buf = [0u8; 48];
-        let mut cursor = std::io::Cursor::new(&mut buf[..]);
-        let _ = write!(cursor, "{ip}");
-        let len = cursor.position() as usize;
-        IpText { buf, len }
-    }
-}
-
-impl std::ops::Deref for IpText {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        // Only `Display` output of an address was written: ASCII.
-        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
     }
 }
 
@@ -588,15 +566,6 @@ mod tests {
             if let Ok(a) = input.parse::<http::uri::Authority>() {
                 assert_eq!((a.host(), a.port_u16()), (host, port), "http: {input}");
             }
-        }
-        for ip in [
-            "10.0.0.7",
-            "::1",
-            "1111:2222:3333:4444:5555:6666:7777:8888",
-            "::ffff:1.2.3.4",
-        ] {
-            let ip: std::net::IpAddr = ip.parse().unwrap();
-            assert_eq!(&*IpText::new(ip), ip.to_string());
         }
     }
 

@@ -18,7 +18,13 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// When `upgrade` is true (a `Connection: upgrade` handshake being relayed), `Upgrade` and
 /// `Connection: upgrade` are kept, since the next hop must see them to switch protocols.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
+    // One pass over the names says which of them are there: most messages carry none, and a
+    // removal costs a hash of the name even when it finds nothing.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        present |= hop_by_hop_bit(name);
+    }
+    if present & CONNECTION != 0 {
         // Fields named in Connection are hop-by-hop too (§7.6.1). Collecting allocates, but
         // only for requests that send Connection with a field name other than the fixed ones.
         let named: Vec<HeaderName> = headers
@@ -34,23 +40,68 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::PROXY_AUTHENTICATE);
+    if present & KEEP_ALIVE_BIT != 0 {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if present & PROXY_CONNECTION_BIT != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present & TRANSFER_ENCODING != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present & PROXY_AUTHORIZATION != 0 {
+        headers.remove(header::PROXY_AUTHORIZATION);
+    }
+    if present & PROXY_AUTHENTICATE != 0 {
+        headers.remove(header::PROXY_AUTHENTICATE);
+    }
     // `TE: trailers` must reach the next hop: gRPC servers require it.
-    if let Some(te) = headers.get(header::TE) {
-        if te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        } else {
-            headers.remove(header::TE);
+    if present & TE != 0 {
+        if let Some(te) = headers.get(header::TE) {
+            if te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            } else {
+                headers.remove(header::TE);
+            }
         }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & UPGRADE != 0 {
         headers.remove(header::UPGRADE);
+    }
+}
+
+const CONNECTION: u16 = 1;
+const KEEP_ALIVE_BIT: u16 = 1 << 1;
+const PROXY_CONNECTION_BIT: u16 = 1 << 2;
+const TRANSFER_ENCODING: u16 = 1 << 3;
+const PROXY_AUTHORIZATION: u16 = 1 << 4;
+const PROXY_AUTHENTICATE: u16 = 1 << 5;
+const TE: u16 = 1 << 6;
+const UPGRADE: u16 = 1 << 7;
+
+/// Which hop-by-hop field `name` is, as a bit; 0 for an end-to-end field. Standard names
+/// compare as small integers, the two non-standard ones by length first.
+fn hop_by_hop_bit(name: &HeaderName) -> u16 {
+    if name == header::CONNECTION {
+        CONNECTION
+    } else if name == header::TRANSFER_ENCODING {
+        TRANSFER_ENCODING
+    } else if name == header::TE {
+        TE
+    } else if name == header::UPGRADE {
+        UPGRADE
+    } else if name == header::PROXY_AUTHORIZATION {
+        PROXY_AUTHORIZATION
+    } else if name == header::PROXY_AUTHENTICATE {
+        PROXY_AUTHENTICATE
+    } else if name == KEEP_ALIVE {
+        KEEP_ALIVE_BIT
+    } else if name == PROXY_CONNECTION {
+        PROXY_CONNECTION_BIT
+    } else {
+        0
     }
 }
 
@@ -74,38 +125,53 @@ pub fn add_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    // Built on the stack when it fits (one allocation, the header value's own).
+    // Each name is hashed once (`entry`); the value is built on the stack when it fits (one
+    // allocation, the header value's own).
     let mut stack = [0u8; 256];
-    let mut out = std::io::Cursor::new(&mut stack[..]);
     let mut heap = Vec::new();
-    let write = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
-        for prior in headers.get_all(&X_FORWARDED_FOR) {
+    let entry = headers.entry(X_FORWARDED_FOR.clone());
+    let write = |out: &mut dyn std::io::Write,
+                 prior: Option<&header::OccupiedEntry<'_, HeaderValue>>|
+     -> std::io::Result<()> {
+        for prior in prior.into_iter().flat_map(|entry| entry.iter()) {
             if prior.to_str().is_ok() {
                 out.write_all(prior.as_bytes())?;
                 out.write_all(b", ")?;
             }
         }
-        write!(out, "{client}")
+        out.write_all(crate::text::ip(client).as_bytes())
     };
-    let value = match write(&mut out) {
+    let prior = match &entry {
+        header::Entry::Occupied(entry) => Some(entry),
+        header::Entry::Vacant(_) => None,
+    };
+    let mut out = std::io::Cursor::new(&mut stack[..]);
+    let value = match write(&mut out, prior) {
         Ok(()) => {
             let len = out.position() as usize;
             HeaderValue::from_bytes(stack.get(..len).unwrap_or_default())
         }
         Err(_) => {
-            let _ = write(&mut heap);
+            let _ = write(&mut heap, prior);
             HeaderValue::from_bytes(&heap)
         }
     };
     if let Ok(value) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        match entry {
+            header::Entry::Occupied(mut entry) => {
+                entry.insert(value);
+            }
+            header::Entry::Vacant(entry) => {
+                entry.insert(value);
+            }
+        }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if let header::Entry::Vacant(entry) = headers.entry(X_FORWARDED_PROTO.clone()) {
+        entry.insert(HeaderValue::from_static(proto));
     }
     if let Some(host) = host {
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
+        if let header::Entry::Vacant(entry) = headers.entry(X_FORWARDED_HOST.clone()) {
+            entry.insert(host);
         }
     }
 }
