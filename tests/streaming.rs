@@ -129,6 +129,72 @@ async fn request_chunks_reach_the_upstream_before_the_client_sends_the_last() {
     }
 }
 
+/// An HTTP/1.1 upstream may answer before the request body has ended (here 413 while the
+/// client is still sending) and stop reading. The answer reaches the client at once, and the
+/// upstream connection, with part of a body on it, is not used again: the next request
+/// gets a new one (the raw upstream never answers a second request on a connection).
+#[tokio::test]
+async fn an_upstream_answering_before_the_request_body_ends() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                let answer = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big!";
+                socket.write_all(answer).await.unwrap();
+                // Reads (and ignores) whatever else comes, until the proxy closes.
+                while socket.read(&mut buf).await.unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    let proxy = start_proxy(&simple_config("outbound", upstream, "http1")).await;
+    let addr = proxy.listener_addr("main").unwrap();
+    let client = http1_client();
+    let (tx, body) = channel_body();
+    let request = Request::post(format!("http://{addr}/upload"))
+        .body(body)
+        .unwrap();
+    let pending = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(request).await }
+    });
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; 1000]))))
+        .await
+        .unwrap();
+    let response = tokio::time::timeout(DEADLINE, pending)
+        .await
+        .expect("the early answer did not reach the client while its body was open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(body_string(response).await, "too big!");
+    drop(tx);
+
+    let second = tokio::time::timeout(DEADLINE, get(&client, format!("http://{addr}/again")))
+        .await
+        .expect("the second request went out on the half-used connection");
+    assert_eq!(second.status(), 413);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    proxy.shutdown().await;
+    server.abort();
+}
+
 /// "A span ends when the response body has been fully sent": the upstream writes five
 /// chunks 80 ms apart, noting the wall clock just before writing each. The gateway's SERVER
 /// and CLIENT spans start before the first chunk and end no earlier than the moment the

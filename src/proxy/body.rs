@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use std::future::Future as _;
 use std::net::SocketAddr;
@@ -18,11 +17,14 @@ use http::uri::Authority;
 use http::{Method, Uri};
 use tracing::info;
 
+use super::client::UpstreamBody;
 use super::hop::{Outcome, SpanFinish};
 use super::upstream::InFlight;
 use crate::metrics::RouteMetrics;
 use crate::stitch::Tracked;
 use crate::trace::context::{SpanId, TraceId};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug)]
 pub struct ResponseBody {
@@ -92,13 +94,16 @@ impl RequestDone {
     }
 }
 
+// The upstream variant (with an HTTP/1.1 connection inside) is the common one; boxing it
+// would cost an allocation per request to save bytes on hoptrace's own short answers.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Inner {
     /// Streamed from the upstream, frame by frame, as it arrives.
     Upstream {
-        body: Incoming,
+        body: UpstreamBody,
         /// Keeps the endpoint counted as outstanding (p2c) until the body is done or dropped,
-        /// and the connection, which goes back to the pool only if the body was read to its end.
+        /// and takes the connection back to the pool if the body was read to its end.
         in_flight: InFlight,
         /// The upstream's `body_timeout`: the longest wait for its next frame.
         idle: Duration,
@@ -111,7 +116,7 @@ enum Inner {
 
 impl ResponseBody {
     /// An upstream's body; a wait of more than `idle` for its next frame aborts it.
-    pub fn upstream(body: Incoming, in_flight: InFlight, idle: Duration) -> ResponseBody {
+    pub fn upstream(body: UpstreamBody, in_flight: InFlight, idle: Duration) -> ResponseBody {
         ResponseBody {
             inner: Inner::Upstream {
                 body,
@@ -161,11 +166,21 @@ impl ResponseBody {
         self.done = Some(done);
     }
 
+    /// An upstream body read to its end hands its connection to the pool.
+    fn reuse_connection(&mut self) {
+        if let Inner::Upstream {
+            body, in_flight, ..
+        } = &mut self.inner
+        {
+            if let Some(conn) = body.take_reusable() {
+                in_flight.reuse(conn);
+            }
+        }
+    }
+
     fn finish(&mut self, outcome: Outcome) {
         if outcome == Outcome::Complete {
-            if let Inner::Upstream { in_flight, .. } = &mut self.inner {
-                in_flight.body_done();
-            }
+            self.reuse_connection();
         }
         if let Some(spans) = self.spans.take() {
             spans.finish(outcome);
@@ -180,14 +195,7 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Inner::Upstream {
-            body, in_flight, ..
-        } = &mut self.inner
-        {
-            if body.is_end_stream() {
-                in_flight.body_done();
-            }
-        }
+        self.reuse_connection();
         if self.spans.is_some() || self.done.is_some() || self.tracked.is_some() {
             // hyper drops a body it never needed to poll (empty, HEAD): that is complete.
             let outcome = if self.is_end_stream() {
@@ -204,7 +212,7 @@ impl Drop for ResponseBody {
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error(transparent)]
-    Upstream(#[from] hyper::Error),
+    Upstream(BoxError),
     #[error("upstream body stalled for more than {0:?}")]
     Stalled(Duration),
 }
@@ -224,7 +232,7 @@ impl Body for ResponseBody {
             } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(frame) => {
                     *stall = None;
-                    Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
+                    Poll::Ready(frame.map(|f| f.map_err(BodyError::Upstream)))
                 }
                 Poll::Pending => {
                     let deadline = tokio::time::Instant::now() + *idle;

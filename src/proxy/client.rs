@@ -1,17 +1,19 @@
-//! The upstream client: hyper's client connections (HTTP/1.1 or HTTP/2, per upstream) and
-//! hoptrace's own pool of them, one per endpoint.
+//! The upstream client: hoptrace's own HTTP/1.1 connections (`h1`), hyper's for HTTP/2 and
+//! for protocol upgrades, and a pool of them per endpoint.
 //!
 //! Why not hyper-util's pooled `Client`: per request it hashes a pool key, races a pool
 //! checkout against a lazily built connect future and boxes both, and, for HTTP/1.1, spawns a
 //! task that waits for the connection to be ready again before it goes back to the pool. Here
 //! the balancer has already picked the endpoint, so a pool is a vector found by the endpoint's
-//! index, and an HTTP/1.1 connection goes back when the response body that uses it has been
-//! read to its end (`Conn`, held by the request's `InFlight`), with nothing spawned.
+//! index, and an HTTP/1.1 connection goes back when the response body that carries it has
+//! been read to its end (handed to the request's `InFlight`), with nothing spawned.
 //!
-//! - HTTP/1.1: one request at a time per connection; idle connections are kept per endpoint,
-//!   newest first, at most `max_idle_per_endpoint` of them, each for at most `idle_timeout`.
-//!   A request that finds a pooled connection closed before anything was written (the upstream
-//!   timed it out at the same moment) goes out on the next one, or on a new one.
+//! - HTTP/1.1: one request at a time per connection, written and read by the request's own
+//!   task (`h1`: no connection task, no channel). Idle connections are kept per endpoint,
+//!   newest first, at most `max_idle_per_endpoint` of them, each for at most `idle_timeout`;
+//!   one the upstream has closed (or sent anything on) is passed over when taken.
+//!   A request asking for a protocol upgrade (WebSocket) goes over a new hyper connection of
+//!   its own, which the upgrade then takes over.
 //! - HTTP/2: one shared connection per endpoint carries every request; a new one is made (by
 //!   one request, the others wait for it) when it has closed. With `max_idle_per_endpoint = 0`
 //!   every request has its own connection.
@@ -20,8 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, header};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -29,6 +36,8 @@ use tower::ServiceExt as _;
 use tracing::debug;
 
 use super::connector::{ConnMeta, Tagged, TaggingConnector};
+use super::h1;
+pub use super::h1::Conn;
 use super::request_body::RequestBody;
 use crate::config::Protocol;
 
@@ -42,24 +51,66 @@ pub enum SendError {
     Connect(#[source] BoxError),
     /// The connection failed while the request went out or before the response head came.
     #[error("request failed: {0}")]
-    Request(#[source] hyper::Error),
+    Request(#[source] BoxError),
 }
 
 /// A response head, and what it came over.
 #[derive(Debug)]
 pub struct Sent {
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     pub meta: ConnMeta,
-    /// The HTTP/1.1 connection, to hand back (`Client::release`) once the body has ended.
-    pub conn: Option<Conn>,
 }
 
-/// An HTTP/1.1 connection lent to one request. Dropped, it closes the connection: that is what
-/// happens to one whose response was not read to the end.
+/// An upstream's response body: over one of hoptrace's HTTP/1.1 connections, which it
+/// carries until it ends, or over hyper's (HTTP/2, upgrades).
 #[derive(Debug)]
-pub struct Conn {
-    sender: http1::SendRequest<RequestBody>,
-    meta: ConnMeta,
+pub enum UpstreamBody {
+    H1(h1::Body),
+    Hyper(Incoming),
+}
+
+impl UpstreamBody {
+    /// Once the body has ended: its connection, to hand back (`Client::release`), if it can
+    /// carry another request.
+    pub fn take_reusable(&mut self) -> Option<Conn> {
+        match self {
+            UpstreamBody::H1(body) => body.take_reusable(),
+            UpstreamBody::Hyper(_) => None,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BoxError::from))),
+            UpstreamBody::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BoxError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(body) => body.is_end_stream(),
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(body) => body.size_hint(),
+            UpstreamBody::Hyper(body) => body.size_hint(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -170,27 +221,11 @@ impl Client {
 
     /// Takes back the connection of a response whose body was read to its end.
     pub fn release(&self, index: usize, conn: Conn) {
-        let shared = &self.shared;
-        if shared.max_idle == 0 {
+        if self.shared.max_idle == 0 {
             return;
         }
-        if conn.sender.is_ready() {
-            shared.put(index, conn);
-            self.start_reaper();
-        } else if !conn.sender.is_closed() {
-            // The connection is still writing the request body, or its task has not run
-            // since the response ended: it goes back once it can take a request.
-            let shared = Arc::downgrade(&self.shared);
-            let mut conn = conn;
-            tokio::spawn(async move {
-                if conn.sender.ready().await.is_ok() {
-                    if let Some(shared) = shared.upgrade() {
-                        shared.put(index, conn);
-                    }
-                }
-            });
-            self.start_reaper();
-        }
+        self.shared.put(index, conn);
+        self.start_reaper();
     }
 
     /// Idle connections per endpoint, for tests.
@@ -231,39 +266,33 @@ impl Shared {
             .ok_or_else(|| SendError::Connect(format!("no endpoint with index {index}").into()))
     }
 
-    async fn send_h1(&self, pool: &Pool, mut req: Request<RequestBody>) -> Result<Sent, SendError> {
-        loop {
-            let (mut conn, reused) = match self.take_idle(pool) {
-                Some(conn) => (conn, true),
-                None => (self.connect_h1(pool).await?, false),
-            };
-            match conn.sender.try_send_request(req).await {
-                Ok(response) => {
-                    return Ok(Sent {
-                        response,
-                        meta: conn.meta,
-                        conn: Some(conn),
-                    });
-                }
-                Err(mut err) => match err.take_message() {
-                    // Closed before a byte of the request was written: a pooled connection
-                    // the upstream closed as it was taken. Nothing was sent; try the next.
-                    Some(unsent) if reused => {
-                        debug!(error = %err.error(), "pooled connection closed; sending on another");
-                        req = unsent;
-                    }
-                    _ => return Err(SendError::Request(err.into_error())),
-                },
-            }
+    async fn send_h1(&self, pool: &Pool, req: Request<RequestBody>) -> Result<Sent, SendError> {
+        if super::headers::is_upgrade_request(req.headers()) {
+            return self.send_upgrade(pool, req).await;
+        }
+        let conn = match self.take_idle(pool) {
+            Some(conn) => conn,
+            None => h1::Conn::new(self.connect(pool).await?),
+        };
+        let meta = conn.meta();
+        match conn.send(req).await {
+            Ok(response) => Ok(Sent {
+                response: response.map(UpstreamBody::H1),
+                meta,
+            }),
+            Err(err) => Err(SendError::Request(Box::new(err))),
         }
     }
 
+    /// The newest idle connection still open: the others taken on the way are closed (the
+    /// upstream closed them, or they are past `idle_timeout`).
     fn take_idle(&self, pool: &Pool) -> Option<Conn> {
         let mut idle = lock(&pool.idle);
-        while let Some(entry) = idle.pop() {
-            if entry.conn.sender.is_ready() && entry.since.elapsed() < self.idle_timeout {
+        while let Some(mut entry) = idle.pop() {
+            if entry.since.elapsed() < self.idle_timeout && entry.conn.is_open_and_idle() {
                 return Some(entry.conn);
             }
+            debug!("pooled connection closed or expired; not used");
         }
         None
     }
@@ -283,8 +312,8 @@ impl Shared {
 
     fn evict_expired(&self) {
         for pool in self.pools.iter() {
-            lock(&pool.idle).retain(|entry| {
-                entry.since.elapsed() < self.idle_timeout && !entry.conn.sender.is_closed()
+            lock(&pool.idle).retain_mut(|entry| {
+                entry.since.elapsed() < self.idle_timeout && entry.conn.is_open_and_idle()
             });
             if let Ok(mut shared) = pool.shared.try_lock() {
                 if shared
@@ -310,21 +339,32 @@ impl Shared {
             .map_err(SendError::Connect)
     }
 
-    async fn connect_h1(&self, pool: &Pool) -> Result<Conn, SendError> {
+    /// A protocol upgrade (WebSocket) over a new hyper connection, which the upgrade takes
+    /// over from hyper once both sides agree (`hyper::upgrade::on`); never pooled.
+    async fn send_upgrade(
+        &self,
+        pool: &Pool,
+        req: Request<RequestBody>,
+    ) -> Result<Sent, SendError> {
         let io = self.connect(pool).await?;
         let meta = io.meta();
-        let (sender, conn) = http1::Builder::new()
+        let (mut sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(SendError::Request)?;
-        // The connection's own task: it writes requests and reads responses; protocol
-        // upgrades (WebSocket) take the connection over from it.
+            .map_err(|err| SendError::Request(err.into()))?;
         tokio::spawn(async move {
             if let Err(err) = conn.with_upgrades().await {
                 debug!(error = %err, "upstream connection failed");
             }
         });
-        Ok(Conn { sender, meta })
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|err| SendError::Request(err.into()))?;
+        Ok(Sent {
+            response: response.map(UpstreamBody::Hyper),
+            meta,
+        })
     }
 
     async fn send_h2(&self, pool: &Pool, mut req: Request<RequestBody>) -> Result<Sent, SendError> {
@@ -333,9 +373,8 @@ impl Shared {
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     return Ok(Sent {
-                        response,
+                        response: response.map(UpstreamBody::Hyper),
                         meta,
-                        conn: None,
                     });
                 }
                 Err(mut err) => match err.take_message() {
@@ -343,7 +382,7 @@ impl Shared {
                         debug!(error = %err.error(), "shared connection closed; sending on a new one");
                         req = unsent;
                     }
-                    _ => return Err(SendError::Request(err.into_error())),
+                    _ => return Err(SendError::Request(err.into_error().into())),
                 },
             }
         }
@@ -386,13 +425,16 @@ impl Shared {
             .timer(TokioTimer::new())
             .handshake(io)
             .await
-            .map_err(SendError::Request)?;
+            .map_err(|err| SendError::Request(err.into()))?;
         tokio::spawn(async move {
             if let Err(err) = conn.await {
                 debug!(error = %err, "upstream connection failed");
             }
         });
-        sender.ready().await.map_err(SendError::Request)?;
+        sender
+            .ready()
+            .await
+            .map_err(|err| SendError::Request(err.into()))?;
         Ok((sender, meta))
     }
 }
@@ -501,15 +543,15 @@ mod tests {
             .send(0, PathAndQuery::from_static("/x"), get())
             .await
             .unwrap();
-        let body = sent
-            .response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
-        client.release(0, sent.conn.unwrap());
-        String::from_utf8(body.to_vec()).unwrap()
+        let mut body = sent.response.into_body();
+        let mut text = Vec::new();
+        while let Some(frame) = body.frame().await {
+            text.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        if let Some(conn) = body.take_reusable() {
+            client.release(0, conn);
+        }
+        String::from_utf8(text).unwrap()
     }
 
     #[tokio::test]
@@ -547,8 +589,8 @@ mod tests {
         // The connection's task sees the upstream's close (before or after it was pooled).
         tokio::time::timeout(Duration::from_secs(10), async {
             while lock(&client.shared.pools[0].idle)
-                .iter()
-                .any(|idle| !idle.conn.sender.is_closed())
+                .iter_mut()
+                .any(|idle| idle.conn.is_open_and_idle())
             {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

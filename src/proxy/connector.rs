@@ -183,6 +183,17 @@ impl Tagged {
     pub fn meta(&self) -> ConnMeta {
         self.meta
     }
+
+    /// A plain TCP connection made now (tests of the HTTP/1.1 client).
+    #[cfg(test)]
+    pub fn plain(stream: TcpStream) -> Tagged {
+        Tagged {
+            io: Io::Plain(TokioIo::new(stream)),
+            meta: ConnMeta {
+                established: Instant::now(),
+            },
+        }
+    }
 }
 
 /// Calls `$method` on whichever stream `$io` holds.
@@ -235,5 +246,52 @@ impl Write for Tagged {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         delegate!(&mut self.get_mut().io, poll_write_vectored(cx, bufs))
+    }
+}
+
+/// The same stream through tokio's traits, for hoptrace's own HTTP/1.1 client (`h1`).
+impl tokio::io::AsyncRead for Tagged {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(io) => tokio::io::AsyncRead::poll_read(Pin::new(io.inner_mut()), cx, buf),
+            Io::Tls(io) => {
+                tokio::io::AsyncRead::poll_read(Pin::new(io.as_mut().inner_mut()), cx, buf)
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Tagged {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(io) => tokio::io::AsyncWrite::poll_write(Pin::new(io.inner_mut()), cx, buf),
+            Io::Tls(io) => {
+                tokio::io::AsyncWrite::poll_write(Pin::new(io.as_mut().inner_mut()), cx, buf)
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(io) => tokio::io::AsyncWrite::poll_flush(Pin::new(io.inner_mut()), cx),
+            Io::Tls(io) => tokio::io::AsyncWrite::poll_flush(Pin::new(io.as_mut().inner_mut()), cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(io) => tokio::io::AsyncWrite::poll_shutdown(Pin::new(io.inner_mut()), cx),
+            Io::Tls(io) => {
+                tokio::io::AsyncWrite::poll_shutdown(Pin::new(io.as_mut().inner_mut()), cx)
+            }
+        }
     }
 }

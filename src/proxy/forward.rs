@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, info, warn};
 
 use super::body::{AccessEntry, RequestDone, ResponseBody};
-use super::client::SendError;
+use super::client::{SendError, UpstreamBody};
 use super::error::{ProxyError, is_timeout, is_tls};
 use super::headers::{add_forwarded, is_upgrade_request, remove_hop_by_hop};
 use super::hop::Hop;
@@ -292,8 +292,6 @@ async fn forward(
             Ok(Ok(sent)) => sent,
         };
         endpoint.record_success(started.elapsed());
-        let mut in_flight = in_flight;
-        in_flight.hold(sent.conn);
         let response = sent.response;
         let status = response.status();
         if let Some(hop) = hop.as_deref_mut() {
@@ -339,7 +337,7 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 /// The upstream's response as the client gets it: a protocol switch becomes a tunnel, other
 /// responses stream their body back in the client's protocol.
 fn respond(
-    mut response: Response<Incoming>,
+    mut response: Response<UpstreamBody>,
     client_upgrade: Option<OnUpgrade>,
     client_version: Version,
     in_flight: InFlight,
@@ -393,15 +391,15 @@ fn upstream_error(upstream: &Upstream, in_flight: &InFlight, err: SendError) -> 
                 }
             }
         }
-        SendError::Request(source) if is_tls(&source) => ProxyError::Tls {
+        SendError::Request(source) if is_tls(source.as_ref()) => ProxyError::Tls {
             upstream: name,
             endpoint,
-            source: source.into(),
+            source,
         },
         SendError::Request(source) => ProxyError::Reset {
             upstream: name,
             endpoint,
-            source: source.into(),
+            source,
         },
     }
 }

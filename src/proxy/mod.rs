@@ -25,6 +25,7 @@ mod connector;
 mod error;
 mod forward;
 pub mod framing;
+mod h1;
 mod headers;
 mod hop;
 mod listener;

@@ -119,10 +119,8 @@ impl Upstream {
 pub struct InFlight {
     upstream: Arc<Upstream>,
     index: usize,
-    /// The HTTP/1.1 connection the response comes over, and whether its body has been read
-    /// to the end (then the connection goes back to the pool).
+    /// The HTTP/1.1 connection of a response read to its end: back to the pool on drop.
     conn: Option<Conn>,
-    body_done: bool,
 }
 
 impl InFlight {
@@ -133,7 +131,6 @@ impl InFlight {
             upstream: upstream.clone(),
             index,
             conn: None,
-            body_done: false,
         })
     }
 
@@ -141,14 +138,10 @@ impl InFlight {
         self.index
     }
 
-    /// The response comes over `conn`.
-    pub fn hold(&mut self, conn: Option<Conn>) {
-        self.conn = conn;
-    }
-
-    /// The response body has been read to its end: the connection can carry another request.
-    pub fn body_done(&mut self) {
-        self.body_done = true;
+    /// The response body has been read to its end and `conn` can carry another request: it
+    /// goes back to the pool when this claim ends.
+    pub fn reuse(&mut self, conn: Conn) {
+        self.conn = Some(conn);
     }
 
     pub fn endpoint(&self) -> Option<&EndpointState> {
@@ -160,9 +153,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.upstream.balancer.release(self.index);
         if let Some(conn) = self.conn.take() {
-            if self.body_done {
-                self.upstream.client.release(self.index, conn);
-            }
+            self.upstream.client.release(self.index, conn);
         }
     }
 }
