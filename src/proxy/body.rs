@@ -44,8 +44,9 @@ pub struct RequestDone {
     pub started: Instant,
     pub status: u16,
     pub metrics: RouteMetrics,
-    /// `None` when `[access_log] enabled = false`.
-    pub access: Option<AccessEntry>,
+    /// `None` when `[access_log] enabled = false`. Boxed: the body is moved whole several
+    /// times per request, and without an access log this costs nothing.
+    pub access: Option<Box<AccessEntry>>,
 }
 
 /// The fields of an access log line known before the body ends.
@@ -64,7 +65,9 @@ impl RequestDone {
     fn finish(self, outcome: Outcome, bytes: u64) {
         let elapsed = self.started.elapsed();
         self.metrics.record(self.status, elapsed.as_secs_f64());
-        let Some(entry) = self.access else { return };
+        let Some(entry) = self.access.map(|e| *e) else {
+            return;
+        };
         let error_type = entry.error_type.or(match outcome {
             Outcome::Complete => None,
             Outcome::UpstreamFailed => Some("upstream_reset"),

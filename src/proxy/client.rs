@@ -214,7 +214,9 @@ impl Client {
                 parts.path_and_query = Some(path);
                 *req.uri_mut() =
                     Uri::from_parts(parts).map_err(|err| SendError::Connect(Box::new(err)))?;
-                shared.send_h2(pool, req).await
+                // Boxed: the request's future (moved whole, per request, into hyper's slot)
+                // would otherwise be as large as this path's for HTTP/1.1 requests too.
+                Box::pin(shared.send_h2(pool, req)).await
             }
         }
     }
@@ -268,11 +270,12 @@ impl Shared {
 
     async fn send_h1(&self, pool: &Pool, req: Request<RequestBody>) -> Result<Sent, SendError> {
         if super::headers::is_upgrade_request(req.headers()) {
-            return self.send_upgrade(pool, req).await;
+            // Boxed, as rare: its size would otherwise count for every request's future.
+            return Box::pin(self.send_upgrade(pool, req)).await;
         }
         let conn = match self.take_idle(pool) {
             Some(conn) => conn,
-            None => h1::Conn::new(self.connect(pool).await?),
+            None => h1::Conn::new(Box::pin(self.connect(pool)).await?),
         };
         let meta = conn.meta();
         match conn.send(req).await {

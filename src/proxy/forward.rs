@@ -118,16 +118,18 @@ pub async fn handle(
             None => return Ok(response),
         },
     };
-    let access = target.map(|target| AccessEntry {
-        listener: ctx.name.clone(),
-        client: conn.remote,
-        method,
-        target,
-        endpoint,
-        trace: hop
-            .as_ref()
-            .and_then(|h| Some((h.trace_id(), h.own_span()?))),
-        error_type,
+    let access = target.map(|target| {
+        Box::new(AccessEntry {
+            listener: ctx.name.clone(),
+            client: conn.remote,
+            method,
+            target,
+            endpoint,
+            trace: hop
+                .as_ref()
+                .and_then(|h| Some((h.trace_id(), h.own_span()?))),
+            error_type,
+        })
     });
     let done = RequestDone {
         started,

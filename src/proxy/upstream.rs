@@ -119,8 +119,6 @@ impl Upstream {
 pub struct InFlight {
     upstream: Arc<Upstream>,
     index: usize,
-    /// The HTTP/1.1 connection of a response read to its end: back to the pool on drop.
-    conn: Option<Conn>,
 }
 
 impl InFlight {
@@ -130,7 +128,6 @@ impl InFlight {
         Some(InFlight {
             upstream: upstream.clone(),
             index,
-            conn: None,
         })
     }
 
@@ -138,10 +135,10 @@ impl InFlight {
         self.index
     }
 
-    /// The response body has been read to its end and `conn` can carry another request: it
-    /// goes back to the pool when this claim ends.
-    pub fn reuse(&mut self, conn: Conn) {
-        self.conn = Some(conn);
+    /// The response body has been read to its end and `conn` can carry another request: back
+    /// to its endpoint's pool.
+    pub fn reuse(&self, conn: Conn) {
+        self.upstream.client.release(self.index, conn);
     }
 
     pub fn endpoint(&self) -> Option<&EndpointState> {
@@ -152,8 +149,5 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.upstream.balancer.release(self.index);
-        if let Some(conn) = self.conn.take() {
-            self.upstream.client.release(self.index, conn);
-        }
     }
 }

@@ -26,18 +26,11 @@ pub struct SpanFinish {
 }
 
 impl SpanFinish {
+    /// Ends the spans and sends them to the sink. The recording stays in its box: each span
+    /// (624 bytes) is moved once, into the sink's queue.
     pub fn finish(self, outcome: Outcome) {
-        let Recording {
-            sink,
-            started,
-            mut base,
-            has_server,
-            client,
-            client_started,
-            tail,
-            inferred,
-            ..
-        } = *self.recording;
+        let mut recording = self.recording;
+        let rec = &mut *recording;
         let now = Instant::now();
         let error = match outcome {
             Outcome::Complete => None,
@@ -45,38 +38,42 @@ impl SpanFinish {
             Outcome::UpstreamStalled => Some("timeout"),
             Outcome::ClientGone => Some("client_closed"),
         };
-        let mut spans: [Option<SpanRecord>; 2] = [None, None];
-        if let Some(mut client) = client {
-            client.duration = now.duration_since(client_started.unwrap_or(started));
+        if let Some(client) = rec.client.as_mut() {
+            client.duration = now.duration_since(rec.client_started.unwrap_or(rec.started));
             if client.error_type.is_none() {
                 client.error_type = error;
             }
-            if let Some(inferred) = &inferred {
-                inferred.check_contained(&mut client);
+            if let Some(inferred) = &rec.inferred {
+                inferred.check_contained(client);
             }
-            spans[0] = Some(client);
         }
-        if has_server {
-            base.duration = now.duration_since(started);
-            if base.error_type.is_none() {
-                base.error_type = error;
+        if rec.has_server {
+            rec.base.duration = now.duration_since(rec.started);
+            if rec.base.error_type.is_none() {
+                rec.base.error_type = error;
             }
-            spans[1] = Some(base);
         }
-        if let Some(tail) = tail {
-            let Some(reason) = tail.kept(now.duration_since(started), &spans) else {
+        if let Some(tail) = rec.tail {
+            let server = rec.has_server.then_some(&rec.base);
+            let spans = [rec.client.as_ref(), server];
+            let Some(reason) = tail.kept(now.duration_since(rec.started), &spans) else {
                 return;
             };
-            for span in spans.iter_mut().flatten() {
-                span.kept_reason = Some(reason);
-            }
             let kept = spans.iter().flatten().count() as u64;
-            sink.count_kept(reason, kept);
+            if let Some(client) = rec.client.as_mut() {
+                client.kept_reason = Some(reason);
+            }
+            rec.base.kept_reason = Some(reason);
+            rec.sink.count_kept(reason, kept);
             // Spans of an unsampled request become spans of the trace only now.
-            sink.started(kept);
+            rec.sink.started(kept);
         }
-        for span in spans.into_iter().flatten() {
-            sink.try_send(span);
+        if let Some(client) = rec.client.take() {
+            rec.sink.try_send(client);
+        }
+        if recording.has_server {
+            let Recording { sink, base, .. } = *recording;
+            sink.try_send(base);
         }
     }
 }
@@ -84,7 +81,7 @@ impl SpanFinish {
 impl Tail {
     /// Why an unsampled hop's spans are kept, if they are: a 5xx or a transport failure on
     /// any of them (`"error"`), else the whole hop slower than the threshold (`"slow"`).
-    fn kept(&self, elapsed: Duration, spans: &[Option<SpanRecord>]) -> Option<&'static str> {
+    fn kept(&self, elapsed: Duration, spans: &[Option<&SpanRecord>]) -> Option<&'static str> {
         let failed = spans
             .iter()
             .flatten()
