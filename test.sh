@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # The tests drive real peers: python3 (its urllib is an unmodified HTTP_PROXY client);
-# tests/deploy.rs runs `systemd-analyze verify` on deploy/systemd/hoptrace.service.
+# tests/integration/deploy.rs runs `systemd-analyze verify` on deploy/systemd/hoptrace.service.
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
@@ -21,4 +21,6 @@ fi
 # again (a no-op when up to date), but running it here puts any setup failure first in the log.
 bash tests/interop/setup.sh
 
+# No incremental cache: a clean build (CI) never reuses it, and it is a third of target/.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo test --all-targets --no-fail-fast "$@"

@@ -1,9 +1,9 @@
 //! What each fuzz target checks, one function per target, on one input. Kept apart from the
 //! libFuzzer entry points so that the main crate's test suite replays the committed corpora
-//! through the same checks (`tests/fuzz_corpus.rs`) without libFuzzer or a nightly toolchain.
+//! through the same checks (`tests/integration/fuzz_corpus.rs`) without libFuzzer or a nightly toolchain.
 //!
 //! Adding a target: a function here, a file in `fuzz_targets/` calling it, a `[[bin]]` in
-//! `Cargo.toml`, a seed directory in `corpus/`, and a line in `tests/fuzz_corpus.rs`.
+//! `Cargo.toml`, a seed directory in `corpus/`, and a line in `tests/integration/fuzz_corpus.rs`.
 
 use hoptrace::config::Config;
 use hoptrace::trace::context::{TRACEPARENT, TRACESTATE, TraceParent, extract};

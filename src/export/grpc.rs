@@ -8,7 +8,7 @@
 //! also each attempt's own deadline). Retryable: UNAVAILABLE, CANCELLED,
 //! DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, DATA_LOSS; RESOURCE_EXHAUSTED only with a
 //! `RetryInfo`. A `RetryInfo` delay (on UNAVAILABLE or RESOURCE_EXHAUSTED) is honoured, up
-//! to 30 s. See `tests/export_retry.rs`.
+//! to 30 s. See `tests/integration/export_retry.rs`.
 
 use std::time::{Duration, Instant};
 

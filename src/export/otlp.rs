@@ -3,7 +3,7 @@
 //! ring). The exporter retries retryable failures itself (opentelemetry-otlp's
 //! `RetryPolicy` default: 3 retries, 100 ms doubling to 1.6 s, jitter), within `timeout`:
 //! HTTP 429/502/503/504 and connection failures, honouring `Retry-After` on 429/503; see
-//! `tests/export_retry.rs`. The TLS and client-certificate helpers here serve the gRPC
+//! `tests/integration/export_retry.rs`. The TLS and client-certificate helpers here serve the gRPC
 //! exporter (`super::grpc`) and Zipkin too.
 
 use std::collections::HashMap;

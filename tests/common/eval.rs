@@ -11,7 +11,7 @@
 //! inbound request that made it). hoptrace records the nonce as a captured header for
 //! scoring only: the inference never sees it (`hoptrace::stitch::CallEvidence`).
 //!
-//! Shared by `tests/stitching.rs` (deterministic: one request at a time, the timer driven by
+//! Shared by `tests/integration/stitching.rs` (deterministic: one request at a time, the timer driven by
 //! the test) and `benches/stitch_sweep.rs` (the full sweep over concurrency).
 #![allow(dead_code)]
 

@@ -1,4 +1,4 @@
-"""Validates the files under deploy/ (driven by tests/deploy.rs).
+"""Validates the files under deploy/ (driven by tests/integration/deploy.rs).
 
 Usage: validate_deploy.py REPO OUT_DIR
 
