@@ -1,15 +1,12 @@
 //! One request through the proxy: route, trace, rewrite, forward over a pooled connection,
 //! stream the response back. Failures are turned into responses by `ProxyError`, here, once.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, info, warn};
 
@@ -22,15 +19,16 @@ use super::listener::{ConnInfo, ListenerCtx};
 use super::request_body::{BodyFault, RequestBody};
 use super::retry::{Replay, is_idempotent, retry_allowed};
 use super::route::{RequestInfo, host_without_port};
+use super::server::{Ambiguous, ClientBody, OnUpgrade};
 use super::snapshot::RouteTarget;
 use super::upstream::{InFlight, Upstream};
 
-/// hyper's service entry point. Never fails: every error becomes a response.
+/// A request's entry point (from `server`). Never fails: every error becomes a response.
 pub async fn handle(
     ctx: Arc<ListenerCtx>,
     conn: ConnInfo,
-    mut req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+    mut req: Request<ClientBody>,
+) -> Response<ResponseBody> {
     let started = Instant::now();
     let wall = SystemTime::now();
     // Own the snapshot for the whole request (never hold an ArcSwap guard across .await).
@@ -57,13 +55,7 @@ pub async fn handle(
         .then(|| req.uri().clone());
     let mut endpoint = None;
     let result = match route {
-        _ if req
-            .extensions()
-            .get::<super::framing::Ambiguous>()
-            .is_some() =>
-        {
-            Err(ProxyError::AmbiguousFraming)
-        }
+        _ if req.extensions().get::<Ambiguous>().is_some() => Err(ProxyError::AmbiguousFraming),
         _ if req.method() == Method::CONNECT => Err(ProxyError::ConnectMethod),
         None => Err(ProxyError::NoRoute),
         Some(route) => {
@@ -115,7 +107,7 @@ pub async fn handle(
         Some(route) => route.target.metrics.clone(),
         None => match snapshot.no_route.get(ctx.index) {
             Some(metrics) => metrics.clone(),
-            None => return Ok(response),
+            None => return response,
         },
     };
     let access = target.map(|target| {
@@ -147,13 +139,13 @@ pub async fn handle(
             response.body_mut().finish_spans_with(spans);
         }
     }
-    Ok(response)
+    response
 }
 
 /// RFC 9112 §3.2.2: with an absolute-form target (a request sent to us as an HTTP proxy) or
 /// an HTTP/2 `:authority`, the target's authority is the host and replaces `Host`: its host
 /// and port only, never its userinfo (`user:pass@`), which must not reach the upstream.
-fn normalize_host(req: &mut Request<Incoming>) {
+fn normalize_host(req: &mut Request<ClientBody>) {
     if let Some(authority) = req.uri().authority() {
         let host = authority
             .as_str()
@@ -169,14 +161,17 @@ async fn forward(
     conn: ConnInfo,
     target: &RouteTarget,
     host_header: Option<HeaderValue>,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     mut hop: Option<&mut Hop>,
     picked: &mut Option<http::uri::Authority>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let upstream = &target.upstream;
     // A protocol switch (WebSocket) is relayed as a byte stream once both sides agree.
-    let client_upgrade = (req.version() == Version::HTTP_11 && is_upgrade_request(req.headers()))
-        .then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = if req.version() == Version::HTTP_11 && is_upgrade_request(req.headers()) {
+        req.extensions_mut().remove::<OnUpgrade>()
+    } else {
+        None
+    };
     remove_hop_by_hop(req.headers_mut(), client_upgrade.is_some());
     let proto = if conn.tls { "https" } else { "http" };
     add_forwarded(req.headers_mut(), conn.remote.ip(), proto, host_header);
@@ -324,8 +319,8 @@ async fn forward(
     }
 }
 
-/// The request's `Content-Length`, when it has exactly one valid one (hyper has already
-/// rejected requests with conflicting ones).
+/// The request's `Content-Length`, when it has exactly one valid one (`server` has already
+/// refused requests with conflicting ones).
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
@@ -408,15 +403,19 @@ fn upstream_error(upstream: &Upstream, in_flight: &InFlight, err: SendError) -> 
 
 /// Relays bytes both ways between the client and the upstream after a `101 Switching
 /// Protocols`, until either side closes.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, in_flight: InFlight) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(err) => {
+async fn tunnel(client: OnUpgrade, upstream: hyper::upgrade::OnUpgrade, in_flight: InFlight) {
+    let (client, upstream) = tokio::join!(client.upgraded(), upstream);
+    let (mut client, upstream) = match (client, upstream) {
+        (Some(client), Ok(upstream)) => (client, upstream),
+        (None, _) => {
+            debug!("protocol upgrade failed: the client connection ended first");
+            return;
+        }
+        (_, Err(err)) => {
             debug!(error = %err, "protocol upgrade failed");
             return;
         }
     };
-    let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "upgraded stream closed"),

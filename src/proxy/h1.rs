@@ -31,6 +31,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
 use super::connector::{ConnMeta, Tagged};
+use super::decode::{Decoded, Kind};
 use super::request_body::RequestBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -39,8 +40,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const MAX_HEADERS: usize = 100;
 /// Largest response head or trailer section (hyper's client default).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
-/// Longest chunk-size line, extensions included.
-const MAX_CHUNK_LINE: usize = 4096;
 /// Read buffer: allocated this large, topped up when less than `MIN_READ` is free.
 const READ_SIZE: usize = 8192;
 const MIN_READ: usize = 1024;
@@ -284,7 +283,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBo
 
 /// `name: value` lines. In a head, framing fields are left to `encode_head`, except a valid
 /// `Content-Length`, which it keeps.
-fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap, head: bool) {
+pub(super) fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap, head: bool) {
     let mut length_seen = false;
     for (name, value) in headers {
         if head {
@@ -330,7 +329,7 @@ fn encode_data(out: &mut Vec<u8>, outgoing: &mut Outgoing, data: &[u8]) -> Resul
 }
 
 /// `n` in decimal or hexadecimal (lowercase) digits.
-fn push_number(out: &mut Vec<u8>, n: u64, radix: u64) {
+pub(super) fn push_number(out: &mut Vec<u8>, n: u64, radix: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut rest = n;
@@ -449,7 +448,7 @@ fn framing(
             // With a Content-Length too, the message was framed by a confused sender:
             // read it chunked, then close.
             let keep = keep_alive && !headers.contains_key(CONTENT_LENGTH);
-            (Kind::Chunked(Chunk::Size), keep)
+            (Kind::CHUNKED, keep)
         } else {
             (Kind::Close, false)
         });
@@ -476,29 +475,6 @@ fn framing(
         Some(n) => (Kind::Length(n), keep_alive),
         None => (Kind::Close, false),
     })
-}
-
-/// Where a response body is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    /// Bytes still to come.
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the upstream closes.
-    Close,
-    Done,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
-    /// Next: a chunk-size line.
-    Size,
-    /// Bytes left in the current chunk.
-    Data(u64),
-    /// Next: the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer fields, then an empty line.
-    Trailers,
 }
 
 /// A response body read off its connection.
@@ -541,57 +517,20 @@ impl http_body::Body for Body {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match this.kind {
-                Kind::Done => return Poll::Ready(None),
-                Kind::Length(left) | Kind::Chunked(Chunk::Data(left)) => {
-                    if conn.read.is_empty() {
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(0) => return this.fail(Error::ClosedInBody),
-                            Ok(_) => continue,
-                            Err(err) => return this.fail(Error::Io(err)),
-                        }
-                    }
-                    let n = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(conn.read.len());
-                    let data = conn.read.split_to(n).freeze();
-                    let left = left - n as u64;
-                    this.kind = match (this.kind, left) {
-                        (Kind::Length(_), 0) => Kind::Done,
-                        (Kind::Length(_), left) => Kind::Length(left),
-                        (_, 0) => Kind::Chunked(Chunk::DataEnd),
-                        (_, left) => Kind::Chunked(Chunk::Data(left)),
-                    };
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Kind::Close => {
-                    if !conn.read.is_empty() {
-                        let data = conn.read.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    match ready!(conn.poll_fill(cx)) {
-                        Ok(0) => {
-                            this.kind = Kind::Done;
-                            this.reusable = false;
-                            return Poll::Ready(None);
-                        }
-                        Ok(_) => {}
-                        Err(err) => return this.fail(Error::Io(err)),
-                    }
-                }
-                Kind::Chunked(chunk) => match step_chunked(&mut conn.read, chunk) {
-                    Ok(Step::Next(next)) => this.kind = next,
-                    Ok(Step::Trailers(trailers)) => {
+            match this.kind.decode(&mut conn.read) {
+                Ok(Decoded::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::NeedMore) => match ready!(conn.poll_fill(cx)) {
+                    Ok(0) if this.kind == Kind::Close => {
                         this.kind = Kind::Done;
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        this.reusable = false;
+                        return Poll::Ready(None);
                     }
-                    Ok(Step::NeedMore) => match ready!(conn.poll_fill(cx)) {
-                        Ok(0) => return this.fail(Error::ClosedInBody),
-                        Ok(_) => {}
-                        Err(err) => return this.fail(Error::Io(err)),
-                    },
-                    Err(err) => return this.fail(err),
+                    Ok(0) => return this.fail(Error::ClosedInBody),
+                    Ok(_) => {}
+                    Err(err) => return this.fail(Error::Io(err)),
                 },
+                Err(_) => return this.fail(Error::Chunked),
             }
         }
     }
@@ -606,80 +545,6 @@ impl http_body::Body for Body {
             Kind::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
-    }
-}
-
-enum Step {
-    Next(Kind),
-    Trailers(HeaderMap),
-    NeedMore,
-}
-
-/// Decodes what it can of a chunked body's framing from `buf` (never the data itself).
-fn step_chunked(buf: &mut BytesMut, chunk: Chunk) -> Result<Step, Error> {
-    match chunk {
-        Chunk::Size => {
-            let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-                return if buf.len() > MAX_CHUNK_LINE {
-                    Err(Error::Chunked)
-                } else {
-                    Ok(Step::NeedMore)
-                };
-            };
-            let line = buf.get(..end).ok_or(Error::Chunked)?;
-            let line = line.strip_suffix(b"\r").ok_or(Error::Chunked)?;
-            // Extensions (`;name=value`) are allowed and ignored.
-            let size = line.split(|&b| b == b';').next().unwrap_or_default();
-            let size = size.trim_ascii_end();
-            if size.is_empty() || size.len() > 16 {
-                return Err(Error::Chunked);
-            }
-            let mut n: u64 = 0;
-            for &b in size {
-                let digit = (b as char).to_digit(16).ok_or(Error::Chunked)?;
-                n = (n << 4) | u64::from(digit);
-            }
-            let _ = buf.split_to(end + 1);
-            Ok(Step::Next(Kind::Chunked(if n == 0 {
-                Chunk::Trailers
-            } else {
-                Chunk::Data(n)
-            })))
-        }
-        Chunk::DataEnd => {
-            if buf.len() < 2 {
-                return Ok(Step::NeedMore);
-            }
-            if buf.get(..2) != Some(b"\r\n") {
-                return Err(Error::Chunked);
-            }
-            let _ = buf.split_to(2);
-            Ok(Step::Next(Kind::Chunked(Chunk::Size)))
-        }
-        Chunk::Trailers => {
-            if buf.starts_with(b"\r\n") {
-                let _ = buf.split_to(2);
-                return Ok(Step::Next(Kind::Done));
-            }
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match httparse::parse_headers(buf, &mut fields) {
-                Ok(httparse::Status::Complete((len, fields))) => {
-                    let mut trailers = HeaderMap::with_capacity(fields.len());
-                    for field in fields {
-                        let name = HeaderName::from_bytes(field.name.as_bytes())
-                            .map_err(|_| Error::Chunked)?;
-                        let value =
-                            HeaderValue::from_bytes(field.value).map_err(|_| Error::Chunked)?;
-                        trailers.append(name, value);
-                    }
-                    let _ = buf.split_to(len);
-                    Ok(Step::Trailers(trailers))
-                }
-                Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => Ok(Step::NeedMore),
-                _ => Err(Error::Chunked),
-            }
-        }
-        Chunk::Data(_) => Ok(Step::Next(Kind::Chunked(chunk))),
     }
 }
 
@@ -820,7 +685,7 @@ mod tests {
             frame(StatusCode::SWITCHING_PROTOCOLS, v11, &[], false),
             Some((Kind::Done, false))
         );
-        let chunked = Kind::Chunked(Chunk::Size);
+        let chunked = Kind::CHUNKED;
         assert_eq!(
             frame(ok, v11, &[("transfer-encoding", "gzip, chunked")], false),
             Some((chunked, true))

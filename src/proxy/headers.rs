@@ -26,13 +26,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if present & CONNECTION != 0 {
         // Fields named in Connection are hop-by-hop too (§7.6.1). Collecting allocates, but
-        // only for requests that send Connection with a field name other than the fixed ones.
+        // only for messages whose Connection names a field other than the fixed ones (the
+        // common `keep-alive` and `close` are options, or a field removed below anyway).
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+            .filter_map(|token| HeaderName::from_bytes(token).ok())
             .filter(|name| !(upgrade && name == header::UPGRADE))
             .collect();
         for name in named {

@@ -20,7 +20,6 @@ use std::time::{Instant, SystemTime};
 
 use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
-use hyper::body::Incoming;
 
 mod finish;
 
@@ -92,11 +91,11 @@ impl Hop {
     /// Starts the hop's trace. `None` when the route switched tracing off. `started` and
     /// `wall` are the same moment on the monotonic and the wall clock: spans get their wall
     /// start from `wall` and every later time as a monotonic offset from `started`.
-    pub fn start(
+    pub fn start<B>(
         ctx: &ListenerCtx,
         snapshot: &Snapshot,
         route: Option<&Route<RouteTarget>>,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         conn: ConnInfo,
         started: Instant,
         wall: SystemTime,

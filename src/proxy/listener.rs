@@ -6,17 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::conn_end::{self, ActivityIo};
+use super::forward;
+use super::server::{self, End, Limits, Settings, serve_connection};
 use super::snapshot::Shared;
-use super::{forward, framing};
 use crate::config::{ListenerConfig, Role};
 use crate::export::SpanSink;
 use crate::tls::Acceptor;
@@ -65,20 +63,15 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        // hyper answers 431 when the header section does not fit, or has too many fields.
-        .max_buf_size(config.max_header_bytes)
-        .max_headers(config.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let settings = Settings {
+        header_read_timeout: config.header_read_timeout,
+        limits: Limits {
+            max_bytes: config.max_header_bytes,
+            max_fields: config.max_headers,
+        },
+    };
+    let tracker = TaskTracker::new();
+    let drain = CancellationToken::new();
     // `max_connections`: one permit per open connection. Beyond the limit a connection is
     // accepted and closed at once, so the client fails fast instead of waiting in the
     // kernel's backlog.
@@ -103,63 +96,31 @@ pub async fn serve(
                         debug!(error = %err, "set_nodelay failed");
                     }
                     let conn = ConnInfo { remote, local, tls: tls.is_some() };
-                    let open = ctx.open_connections.clone();
-                    let listener_name = ctx.name.clone();
                     let ctx = ctx.clone();
-                    // The framing tracker's verdicts, shared by the connection's bytes and its
-                    // requests (`framing`: both Content-Length and Transfer-Encoding → 400).
-                    let verdicts = Arc::new(framing::Verdicts::default());
-                    let framed = verdicts.clone();
-                    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        if verdicts.next_is_ambiguous() {
-                            req.extensions_mut().insert(framing::Ambiguous);
-                        }
-                        forward::handle(ctx.clone(), conn, req)
-                    });
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
+                    let drain = drain.clone();
                     let tls = tls.clone();
-                    open.inc();
-                    let first_byte = config.header_read_timeout;
-                    // The task's future is allocated per connection and kept for its life:
-                    // the connection future is pinned in place once (not moved into a second
-                    // slot), and the TLS path, larger, is boxed so plain connections do not pay
-                    // for its size (10,000 idle connections: see BENCHMARKS.md).
-                    tokio::spawn(async move {
-                        let (served, activity) = match tls {
-                            None => {
-                                let stream = framing::Framed::new(stream, framed);
-                                let (io, activity) = ActivityIo::new(stream);
-                                let connection = std::pin::pin!(watcher.watch(
-                                    builder.serve_connection_with_upgrades(TokioIo::new(io), service)
-                                ));
-                                let served =
-                                    conn_end::first_byte_within(first_byte, &activity, connection);
-                                (served.await, activity)
-                            }
+                    ctx.open_connections.inc();
+                    // The TLS path, larger, is boxed so that plain connections do not pay for
+                    // its size (10,000 idle connections: see BENCHMARKS.md).
+                    tracker.spawn(async move {
+                        let handler = {
+                            let ctx = ctx.clone();
+                            move |req| forward::handle(ctx.clone(), conn, req)
+                        };
+                        let end = match tls {
+                            None => serve_connection(stream, &settings, &drain, handler).await,
                             Some(tls) => Box::pin(async move {
                                 match tls.handshake(stream, remote).await {
                                     Some(stream) => {
-                                        let stream = framing::Framed::new(stream, framed);
-                                        let (io, activity) = ActivityIo::new(stream);
-                                        let connection = std::pin::pin!(watcher.watch(
-                                            builder.serve_connection_with_upgrades(
-                                                TokioIo::new(io),
-                                                service,
-                                            )
-                                        ));
-                                        let served = conn_end::first_byte_within(
-                                            first_byte, &activity, connection,
-                                        );
-                                        (served.await, activity)
+                                        serve_connection(stream, &settings, &drain, handler).await
                                     }
-                                    None => (Some(Ok(())), Default::default()),
+                                    None => End::Done,
                                 }
                             })
                             .await,
                         };
-                        conn_end::log(&listener_name, remote, served, &activity);
-                        open.dec();
+                        server::log(&ctx.name, remote, &end);
+                        ctx.open_connections.dec();
                         drop(permit);
                     });
                 }
@@ -173,12 +134,10 @@ pub async fn serve(
     }
     // Closing the socket refuses new connections at once.
     drop(listener);
-    let open = graceful.count();
-    info!(listener = %ctx.name, open_connections = open, "stopped accepting; draining");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    info!(listener = %ctx.name, open_connections = tracker.len(), "stopped accepting; draining");
+    drain.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!(listener = %ctx.name, ?grace, "grace period over; closing remaining connections");
     }
 }

@@ -4,7 +4,7 @@
 //! Request lifecycle (one `forward::handle` call per request):
 //!
 //! ```text
-//! accept ─► hyper (h1 / h2c) ─► load snapshot ─► route ─► rewrite headers ─► pick endpoint
+//! accept ─► server (h1 / h2c) ─► load snapshot ─► route ─► rewrite headers ─► pick endpoint
 //!        ─► pooled client request (request_timeout to headers) ─► response headers
 //!        ─► body streamed back (ResponseBody) ─► end
 //! ```
@@ -20,11 +20,10 @@
 mod balance;
 mod body;
 mod client;
-mod conn_end;
 mod connector;
+mod decode;
 mod error;
 mod forward;
-pub mod framing;
 mod h1;
 mod headers;
 mod hop;
@@ -32,6 +31,7 @@ mod listener;
 mod request_body;
 mod retry;
 pub mod route;
+mod server;
 mod snapshot;
 mod upstream;
 

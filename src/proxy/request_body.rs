@@ -13,14 +13,15 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+
+use super::server::ClientBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug)]
 pub struct RequestBody {
     /// `None`: no body.
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     limit: Option<u64>,
     seen: u64,
     fault: BodyFault,
@@ -61,7 +62,7 @@ pub struct TooLarge {
 
 impl RequestBody {
     /// The client's body, limited to `max` bytes when given; `fault` records why it failed.
-    pub fn incoming(body: Incoming, max: Option<u64>, fault: &BodyFault) -> RequestBody {
+    pub fn incoming(body: ClientBody, max: Option<u64>, fault: &BodyFault) -> RequestBody {
         RequestBody {
             inner: Some(body),
             limit: max,
@@ -110,7 +111,7 @@ impl Body for RequestBody {
             Some(Err(_)) => this.fault.set(FAULT_CLIENT),
             None => {}
         }
-        Poll::Ready(polled.map(|r| r.map_err(BoxError::from)))
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
