@@ -187,19 +187,26 @@ async fn run(
     // had arrived as a tiny batch).
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + batch_delay, batch_delay);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Spans are taken off the queue up to a batch at a time: one wake-up and one unit of
+    // the task's scheduling budget for all of them. Taken one by one, the task would yield
+    // after tokio's budget (128 receives) while hundreds of connection tasks on the same
+    // thread each queue a span per turn, and fall behind until the queue overflows.
+    let mut arrived = Vec::with_capacity(batch_size);
     loop {
         tokio::select! {
-            span = rx.recv() => match span {
-                Some(span) => {
+            n = rx.recv_many(&mut arrived, batch_size) => {
+                // Every sink is gone: nothing more can arrive.
+                if n == 0 {
+                    break;
+                }
+                stats.batched.fetch_add(n as u64, Ordering::Relaxed);
+                for span in arrived.drain(..) {
                     batch.push(span, keep, &scope, &backend);
-                    stats.batched.fetch_add(1, Ordering::Relaxed);
                     if batch.len() >= batch_size {
                         sinks.export(&mut batch).await;
                     }
                 }
-                // Every sink is gone: nothing more can arrive.
-                None => break,
-            },
+            }
             _ = tick.tick() => {
                 if !batch.is_empty() {
                     sinks.export(&mut batch).await;

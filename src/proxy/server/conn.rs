@@ -33,8 +33,8 @@ use crate::proxy::h1::{encode_fields, push_number};
 pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A read for a request body, or for the rest of a head, reserves this much.
 const READ_CHUNK: usize = 16 * 1024;
-/// A read while waiting for a head goes to the stack first, so that an idle connection
-/// holds no buffer; what arrived is then copied to a buffer of this size at least.
+/// A read while waiting for a head goes to the stack first (this much at most), so that an
+/// idle connection holds no buffer; what arrived is then copied to a buffer of its size.
 const HEAD_CHUNK: usize = 4096;
 /// Bytes a client may send ahead (pipelined) while its request is handled; beyond that the
 /// connection stops reading until the response is written.
@@ -520,10 +520,11 @@ impl<I: Io> Conn<I> {
                 let mut buf = ReadBuf::uninit(&mut stack);
                 ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
                 let filled = buf.filled();
-                if !filled.is_empty() {
-                    self.read.reserve(HEAD_CHUNK);
-                    self.read.extend_from_slice(filled);
-                }
+                // Exactly what arrived: the request's header values share this buffer, and a
+                // span record waiting in the export queue keeps some of them (and so all of
+                // it) alive. A head read whole in one go is the common case.
+                self.read.reserve(filled.len());
+                self.read.extend_from_slice(filled);
                 return Poll::Ready(Ok(filled.len()));
             }
             self.read.reserve(READ_CHUNK);
