@@ -271,7 +271,7 @@ impl Batch {
     /// Adds a span; `keep`: its record goes to the recent-traces view too.
     fn push(
         &mut self,
-        mut span: SpanRecord,
+        span: SpanRecord,
         keep: bool,
         scope: &opentelemetry::InstrumentationScope,
         backend: &Backend,
@@ -295,9 +295,9 @@ impl Batch {
             Backend::Capture(_) => {}
         }
         if keep {
-            // Now, not when the batch leaves: a record holds its request's whole read
-            // buffer until detached.
-            span.detach();
+            // Detached (its header values copied out of the request's head buffer) only
+            // if the recent-traces view keeps it; until then it holds that buffer, which
+            // is the size of the head's first read (`proxy::server`), for one batch.
             self.records.push(span);
         }
     }

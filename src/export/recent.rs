@@ -29,6 +29,8 @@ pub struct RecentTraces {
 struct Kept {
     trace_id: TraceId,
     spans: Vec<SpanRecord>,
+    /// The first `owned` spans are detached from their requests' buffers.
+    owned: usize,
 }
 
 /// One kept trace, in OpenTelemetry's model.
@@ -54,8 +56,8 @@ impl RecentTraces {
         self.capacity
     }
 
-    /// Takes a finished batch's span records (in arrival order), detached from their
-    /// requests' read buffers (`SpanRecord::detach`).
+    /// Takes a finished batch's span records (in arrival order); those it keeps are
+    /// detached from their requests' read buffers (`SpanRecord::detach`).
     pub fn record(&self, spans: impl IntoIterator<Item = SpanRecord>) {
         if self.capacity == 0 {
             return;
@@ -75,6 +77,7 @@ impl RecentTraces {
                     Kept {
                         trace_id,
                         spans: Vec::new(),
+                        owned: 0,
                     }
                 }
             };
@@ -82,6 +85,14 @@ impl RecentTraces {
                 trace.spans.push(span);
             }
             traces.push_back(trace);
+        }
+        // Only what stays is detached: at a high request rate most of a batch's spans are
+        // pushed out by the batch's later traces before it ends.
+        for trace in traces.iter_mut() {
+            for span in trace.spans.iter_mut().skip(trace.owned) {
+                span.detach();
+            }
+            trace.owned = trace.spans.len();
         }
     }
 
@@ -114,6 +125,7 @@ impl RecentTraces {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use crate::trace::context::{SpanId, TraceId};
     use crate::trace::span::SpanRecord;
@@ -152,6 +164,25 @@ mod tests {
             .collect();
         assert_eq!(ids, [1, 3]);
         assert_eq!(recent.span_count(), 3);
+    }
+
+    #[test]
+    fn kept_spans_are_detached_from_their_heads() {
+        let head = bytes::Bytes::from(b"shop.example".repeat(100));
+        let mut record = span(1, 1);
+        record.host = Some(http::HeaderValue::from_maybe_shared(head.slice(0..12)).unwrap());
+        let recent = RecentTraces::new(1);
+        // Trace 2 pushes trace 1 out within the batch; trace 3 stays.
+        recent.record(vec![record, span(2, 2), span(3, 3)]);
+        assert_eq!(ids(&recent), [3]);
+        let mut kept = span(4, 4);
+        kept.host = Some(http::HeaderValue::from_maybe_shared(head.slice(12..24)).unwrap());
+        recent.record(vec![kept]);
+        let traces = recent.traces.lock().unwrap();
+        let host = traces[0].spans[0].host.as_ref().unwrap();
+        assert_eq!(host, "shop.example");
+        assert!(!head.as_ptr_range().contains(&host.as_bytes().as_ptr()));
+        assert_eq!(traces[0].owned, 1);
     }
 
     #[test]

@@ -173,15 +173,64 @@ struct Attributes<'w, 'b> {
     field: u32,
 }
 
+impl Attributes<'_, '_> {
+    /// `KeyValue { key, value: AnyValue { <value_tag>: value } }` for a length-delimited
+    /// value, in four copies when every length fits in one byte (nearly every attribute):
+    /// no length to patch afterwards. False when it does not fit; the caller writes it the
+    /// general way.
+    fn short(&mut self, key: &[u8], value_tag: u8, value: &[u8]) -> bool {
+        let any_len = 2 + value.len();
+        let kv_len = 2 + key.len() + 2 + any_len;
+        let field_tag = (self.field << 3) | LEN;
+        if kv_len >= 0x80 || key.is_empty() || field_tag >= 0x80 {
+            return false;
+        }
+        let buf = &mut *self.w.buf;
+        buf.reserve(2 + kv_len);
+        buf.extend_from_slice(&[field_tag as u8, kv_len as u8, 0x0A, key.len() as u8]);
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(&[0x12, any_len as u8, value_tag, value.len() as u8]);
+        buf.extend_from_slice(value);
+        true
+    }
+}
+
 impl AttributeSink for Attributes<'_, '_> {
     fn string(&mut self, key: &'static str, value: Text<'_>) {
-        self.w.key_value(self.field, key.as_bytes(), |w| {
-            w.bytes(1, value.as_str().as_bytes())
-        });
+        let value = value.as_str().as_bytes();
+        // AnyValue.string_value: field 1, length-delimited.
+        if !self.short(key.as_bytes(), (1 << 3) | LEN as u8, value) {
+            self.w
+                .key_value(self.field, key.as_bytes(), |w| w.bytes(1, value));
+        }
     }
 
     fn int(&mut self, key: &'static str, value: i64) {
-        self.w.key_value(self.field, key.as_bytes(), |w| {
+        // AnyValue.int_value: field 3, a varint.
+        let mut digits = [0u8; 10];
+        let mut n = 0;
+        let mut v = value as u64;
+        while v >= 0x80 && n < 9 {
+            digits[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        digits[n] = v as u8;
+        let varint = digits.get(..=n).unwrap_or_default();
+        let key = key.as_bytes();
+        let any_len = 1 + varint.len();
+        let kv_len = 2 + key.len() + 2 + any_len;
+        let field_tag = (self.field << 3) | LEN;
+        if kv_len < 0x80 && !key.is_empty() && field_tag < 0x80 {
+            let buf = &mut *self.w.buf;
+            buf.reserve(2 + kv_len);
+            buf.extend_from_slice(&[field_tag as u8, kv_len as u8, 0x0A, key.len() as u8]);
+            buf.extend_from_slice(key);
+            buf.extend_from_slice(&[0x12, any_len as u8, (3 << 3) | VARINT as u8]);
+            buf.extend_from_slice(varint);
+            return;
+        }
+        self.w.key_value(self.field, key, |w| {
             w.tag(3, VARINT);
             w.varint(value as u64);
         });

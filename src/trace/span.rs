@@ -116,7 +116,15 @@ impl SpanRecord {
                 *value = copy;
             }
         }
-        if let Ok(target) = Uri::try_from(self.target.to_string()) {
+        // The usual origin-form target is copied as bytes; others (absolute-form) through
+        // their text.
+        let copy = match (self.target.scheme(), self.target.path_and_query()) {
+            (None, Some(pq)) => {
+                Uri::from_maybe_shared(bytes::Bytes::copy_from_slice(pq.as_str().as_bytes()))
+            }
+            _ => Uri::try_from(self.target.to_string()),
+        };
+        if let Ok(target) = copy {
             self.target = target;
         }
         for value in [&mut self.host, &mut self.user_agent, &mut self.tracestate]
@@ -191,5 +199,11 @@ mod tests {
         for part in parts {
             assert!(!inside(part, &head), "{part:?} still in the head's buffer");
         }
+        // An absolute-form target (a request to an HTTP proxy) is copied too.
+        let absolute = Bytes::from_static(b"http://shop.example:8080/orders?x=1");
+        record.target = Uri::from_maybe_shared(absolute.clone()).unwrap();
+        record.detach();
+        assert_eq!(record.target, "http://shop.example:8080/orders?x=1");
+        assert!(!inside(record.target.path().as_bytes(), &absolute));
     }
 }

@@ -257,7 +257,6 @@ impl<I: Io> Conn<I> {
             }
         })
         .await;
-        drop(handling);
         let Some(response) = response else {
             return Exchanged::Close(End::ClientGone);
         };
