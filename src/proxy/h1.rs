@@ -414,14 +414,7 @@ fn framing(
     headers: &HeaderMap,
     head_request: bool,
 ) -> Result<(Kind, bool), Error> {
-    let has_token = |token: &str| {
-        headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has_token = |token: &str| super::headers::has_token(headers, CONNECTION, token);
     let keep_alive = if version == Version::HTTP_11 {
         !has_token("close")
     } else {

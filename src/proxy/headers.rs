@@ -109,13 +109,16 @@ fn hop_by_hop_bit(name: &HeaderName) -> u16 {
 
 /// True when an HTTP/1.1 request asks to switch protocols (WebSocket and the like).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+    headers.contains_key(header::UPGRADE) && has_token(headers, header::CONNECTION, "upgrade")
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitively).
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Appends the client's address to `X-Forwarded-For`; sets `X-Forwarded-Proto` and

@@ -9,6 +9,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRAD
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 
 use crate::proxy::decode::Kind;
+pub use crate::proxy::headers::has_token;
 
 /// Header fields parsed into a stack array; a listener allowing more (`max_headers` up to
 /// 10,000) parses into a heap array of its size.
@@ -316,15 +317,6 @@ fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
     } else {
         has_token(headers, CONNECTION, "keep-alive")
     }
-}
-
-/// Whether a comma-separated header lists `token` (case-insensitively).
-pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 #[cfg(test)]
