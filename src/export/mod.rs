@@ -121,8 +121,8 @@ impl SpanSink {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    /// Spans ended and not yet exported or lost: in the queue, or in the batch the export
-    /// task is building or sending (at most `queue_size + batch_size`).
+    /// Spans ended and not yet exported or lost: in the queue, or in the batches the export
+    /// task is building or sending (at most `queue_size + 5 × batch_size`).
     pub fn pending(&self) -> u64 {
         self.queue_depth() as u64 + self.stats.batched.load(Ordering::Relaxed)
     }

@@ -109,6 +109,10 @@ struct State {
     arrivals: Mutex<Vec<(Instant, bool)>>,
     /// Every decoded export request's `content-encoding` (HTTP) / `grpc-encoding` (gRPC).
     encodings: Mutex<Vec<(&'static str, Option<String>)>>,
+    /// gRPC: no request is answered until this many have arrived (`hold_answers`).
+    hold_until: AtomicUsize,
+    arrived: AtomicUsize,
+    released: tokio::sync::Notify,
 }
 
 enum Outcome {
@@ -195,6 +199,18 @@ impl TraceService for Grpc {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let (metadata, _, message) = request.into_parts();
+        let arrived = self.0.arrived.fetch_add(1, Ordering::SeqCst) + 1;
+        if arrived >= self.0.hold_until.load(Ordering::SeqCst) {
+            self.0.released.notify_waiters();
+        } else {
+            let released = self.0.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            // Another request may have arrived between the count and the registration.
+            if self.0.arrived.load(Ordering::SeqCst) < self.0.hold_until.load(Ordering::SeqCst) {
+                released.await;
+            }
+        }
         match self.0.handle(metadata.into_headers(), message, "grpc") {
             Outcome::Ok(response) => Ok(tonic::Response::new(response)),
             Outcome::Fail(Failure::Unavailable) => {
@@ -341,6 +357,17 @@ impl Receiver {
     }
 
     /// Accepted requests are answered with `partial_success` set to these values.
+    /// gRPC: holds every answer until `n` export requests have arrived, so that only an
+    /// exporter with `n` requests in flight gets any answer.
+    pub fn hold_answers(&self, n: usize) {
+        self.state.hold_until.store(n, Ordering::SeqCst);
+    }
+
+    /// gRPC export requests that arrived, answered or held.
+    pub fn arrived_requests(&self) -> usize {
+        self.state.arrived.load(Ordering::SeqCst)
+    }
+
     pub fn set_partial_success(&self, rejected: i64, message: &str) {
         *self.state.partial.lock().unwrap() = Some((rejected, message.to_string()));
     }

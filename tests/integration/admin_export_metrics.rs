@@ -167,8 +167,8 @@ async fn spans_a_refused_collector_never_got_are_counted_as_failed() {
 #[tokio::test]
 async fn spans_behind_a_collector_that_never_answers_are_the_queue_depth() {
     let app = echo_server("app").await;
-    // Accepts connections and never answers: the first export hangs (until its 60 s
-    // timeout, long after this test), and every later span waits behind it.
+    // Accepts connections and never answers: the exports hang (until their 60 s timeout,
+    // long after this test), and every later span waits behind them.
     let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector = hole.local_addr().unwrap();
     let _hole = tokio::spawn(async move {
@@ -185,23 +185,24 @@ async fn spans_behind_a_collector_that_never_answers_are_the_queue_depth() {
     ))
     .await;
     let (addr, admin) = (proxy.listener_addr("main").unwrap(), proxy.admin_addr());
-    send(addr, 4).await;
+    send(addr, 6).await;
     let sink = proxy.span_sink().clone();
-    wait_until("the first span taken for export", DEADLINE, || {
+    wait_until("five spans taken for export", DEADLINE, || {
         let sink = sink.clone();
-        async move { sink.queue_depth() == 3 }
+        async move { sink.queue_depth() == 1 }
     })
     .await;
     let (text, samples) = scrape(admin).await;
-    // One span in the export that hangs, three in the queue: all four waiting.
+    // Four exports in flight (one span each: batch_size 1), a fifth batch waiting for one
+    // of them to end, one span in the queue: all six waiting.
     assert_eq!(
         export_values(&samples),
         [
-            Some(4.0),
+            Some(6.0),
             Some(0.0),
             Some(0.0),
             Some(0.0),
-            Some(4.0),
+            Some(6.0),
             Some(0.0)
         ],
         "{text}"

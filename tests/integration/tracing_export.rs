@@ -158,3 +158,38 @@ async fn gzip_is_sent_exactly_when_configured() {
         }
     }
 }
+
+/// gRPC export requests are pipelined: a batch goes out while the previous one waits for
+/// its answer. The receiver answers none until two are open, so an exporter that waited
+/// for each answer before sending the next batch would never get one.
+#[tokio::test]
+async fn grpc_batches_go_out_while_earlier_ones_wait_for_answers() {
+    let upstream = echo_server("app").await;
+    let receiver = Receiver::start().await;
+    receiver.hold_answers(2);
+    let config = config(&receiver.grpc_url(), "grpc", upstream.addr).replace(
+        "batch_delay = \"10ms\"",
+        "batch_delay = \"10ms\"\nbatch_size = 1",
+    );
+    let proxy = start_proxy(&config).await;
+    let addr = proxy.listener_addr("main").unwrap();
+    // Each request is one batch: the SERVER span of the inbound listener.
+    get(&http1_client(), format!("http://{addr}/first")).await;
+    wait_until(
+        "the first batch is sent",
+        Duration::from_secs(20),
+        || async { receiver.arrived_requests() == 1 },
+    )
+    .await;
+    assert_eq!(receiver.requests(), 0, "answered before the second arrived");
+    get(&http1_client(), format!("http://{addr}/second")).await;
+    let spans = receiver.wait_for_spans(2).await;
+    let mut paths: Vec<_> = spans
+        .iter()
+        .filter_map(|s| s.attr_str("url.path"))
+        .collect();
+    paths.sort();
+    assert_eq!(paths, ["/first", "/second"]);
+    assert_eq!(receiver.requests(), 2);
+    proxy.shutdown().await;
+}
