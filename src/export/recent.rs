@@ -1,8 +1,8 @@
 //! The most recent traces this sidecar recorded, kept in memory for the admin `/traces`
 //! view, so one sidecar can be inspected with no tracing backend. Fed by the batcher task
 //! (off the request path), bounded by a number of traces. The batch's own span records are
-//! moved in (nothing is copied); they are turned into OpenTelemetry's model only when the
-//! view is asked for.
+//! moved in (only the kept ones' header values are copied out of their request buffers);
+//! they are turned into OpenTelemetry's model only when the view is asked for.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -16,21 +16,25 @@ use crate::trace::span::SpanRecord;
 /// Traces kept by default.
 pub const DEFAULT_TRACES: usize = 100;
 
-/// A bounded ring of recent traces ordered by their latest span's arrival, most recently
-/// active last; each trace holds its spans in arrival order.
+/// A bounded set of recent traces ordered by their latest span's arrival, most recently
+/// active last; each trace holds its spans in arrival order. It behaves as an LRU cache fed
+/// one span at a time: a span of a trace not kept pushes out the least recently active
+/// trace when the view is full, and a trace pushed out starts again, empty, when another of
+/// its spans arrives.
 #[derive(Debug)]
 pub struct RecentTraces {
     capacity: usize,
-    traces: Mutex<VecDeque<Kept>>,
+    /// Most spans kept per trace (a runaway trace cannot fill memory).
+    max_spans: usize,
+    traces: Mutex<Vec<Kept>>,
     scope: InstrumentationScope,
 }
 
+/// One kept trace; its spans are detached from their requests' buffers.
 #[derive(Debug)]
 struct Kept {
     trace_id: TraceId,
     spans: Vec<SpanRecord>,
-    /// The first `owned` spans are detached from their requests' buffers.
-    owned: usize,
 }
 
 /// One kept trace, in OpenTelemetry's model.
@@ -40,14 +44,19 @@ pub struct RecentTrace {
     pub spans: Vec<SpanData>,
 }
 
-/// Most spans kept per trace (a runaway trace cannot fill memory).
+/// Most spans kept per trace.
 const MAX_SPANS_PER_TRACE: usize = 256;
 
 impl RecentTraces {
     pub fn new(capacity: usize) -> RecentTraces {
+        RecentTraces::with_limits(capacity, MAX_SPANS_PER_TRACE)
+    }
+
+    fn with_limits(capacity: usize, max_spans: usize) -> RecentTraces {
         RecentTraces {
             capacity,
-            traces: Mutex::new(VecDeque::with_capacity(capacity)),
+            max_spans,
+            traces: Mutex::new(Vec::with_capacity(capacity)),
             scope: super::convert::scope(),
         }
     }
@@ -56,44 +65,77 @@ impl RecentTraces {
         self.capacity
     }
 
-    /// Takes a finished batch's span records (in arrival order); those it keeps are
-    /// detached from their requests' read buffers (`SpanRecord::detach`).
-    pub fn record(&self, spans: impl IntoIterator<Item = SpanRecord>) {
+    /// Takes a finished batch's span records (in arrival order, `spans` is left empty);
+    /// those it keeps are detached from their requests' read buffers
+    /// (`SpanRecord::detach`).
+    ///
+    /// The result is what feeding the spans one by one to the LRU would leave, computed
+    /// from the newest span backwards so that a span pushed out later in the same batch
+    /// costs nothing: at a high request rate most of a batch's traces are (each request its
+    /// own trace, a batch of 512 in a view of 100). A trace survives to the end iff it is
+    /// among the last `capacity` distinct traces, and a span of it survives iff between it
+    /// and the trace's next span (or the end) fewer than `capacity` other traces were
+    /// active (the LRU's stack distance), which `Scan` reads off a move-to-front list.
+    pub fn record(&self, spans: &mut Vec<SpanRecord>) {
         if self.capacity == 0 {
+            spans.clear();
             return;
         }
         let Ok(mut traces) = self.traces.lock() else {
+            spans.clear();
             return;
         };
-        for span in spans {
-            let trace_id = span.trace_id;
-            let kept = traces.iter().rposition(|t| t.trace_id == trace_id);
-            let mut trace = match kept.and_then(|at| traces.remove(at)) {
-                Some(trace) => trace,
-                None => {
-                    if traces.len() == self.capacity {
-                        traces.pop_front();
-                    }
-                    Kept {
-                        trace_id,
-                        spans: Vec::new(),
-                        owned: 0,
-                    }
+        let mut scan = Scan::new(self.capacity);
+        // The surviving traces, most recently active first, and the batch's spans that
+        // survive with the index of their trace there, newest first.
+        let mut finals: Vec<(TraceId, Option<Vec<SpanRecord>>, usize)> = Vec::new();
+        let mut fresh: Vec<(usize, SpanRecord)> = Vec::new();
+        for span in spans.drain(..).rev() {
+            if scan.done() {
+                break;
+            }
+            if let Some(at) = scan.access(span.trace_id) {
+                if at == finals.len() {
+                    finals.push((span.trace_id, None, 0));
                 }
-            };
-            if trace.spans.len() < MAX_SPANS_PER_TRACE {
-                trace.spans.push(span);
+                if let Some(fin) = finals.get_mut(at) {
+                    fin.2 += 1;
+                }
+                fresh.push((at, span));
             }
-            traces.push_back(trace);
         }
-        // Only what stays is detached: at a high request rate most of a batch's spans are
-        // pushed out by the batch's later traces before it ends.
-        for trace in traces.iter_mut() {
-            for span in trace.spans.iter_mut().skip(trace.owned) {
-                span.detach();
+        // The view as it was, newest first: each kept trace as one access before the batch.
+        for kept in std::mem::take(&mut *traces).into_iter().rev() {
+            if scan.done() {
+                break;
             }
-            trace.owned = trace.spans.len();
+            if let Some(at) = scan.access(kept.trace_id) {
+                if at == finals.len() {
+                    finals.push((kept.trace_id, None, 0));
+                }
+                if let Some(fin) = finals.get_mut(at) {
+                    fin.1 = Some(kept.spans);
+                }
+            }
         }
+        let mut rebuilt: Vec<Kept> = finals
+            .into_iter()
+            .map(|(trace_id, old, new)| {
+                let mut spans = old.unwrap_or_default();
+                spans.reserve_exact(new.min(self.max_spans.saturating_sub(spans.len())));
+                Kept { trace_id, spans }
+            })
+            .collect();
+        for (at, mut span) in fresh.into_iter().rev() {
+            if let Some(kept) = rebuilt.get_mut(at) {
+                if kept.spans.len() < self.max_spans {
+                    span.detach();
+                    kept.spans.push(span);
+                }
+            }
+        }
+        rebuilt.reverse();
+        *traces = rebuilt;
     }
 
     /// Spans kept, over all traces.
@@ -124,6 +166,69 @@ impl RecentTraces {
     }
 }
 
+/// The LRU read backwards: accesses are fed newest first. `seen` is a move-to-front list of
+/// the traces met so far, nearest first, cut at `capacity`: a trace's position in it is the
+/// number of other traces active between this access and its next one, so an access found
+/// in the list is one the LRU would have kept until then. The first `capacity` distinct
+/// traces met are the ones that survive (`keep` is their index); a trace that falls off the
+/// list had its older spans pushed out.
+struct Scan {
+    capacity: usize,
+    seen: VecDeque<Seen>,
+    finals: usize,
+    /// Surviving traces still in `seen`: older accesses of them may survive too.
+    alive: usize,
+}
+
+struct Seen {
+    trace_id: TraceId,
+    keep: Option<usize>,
+}
+
+impl Scan {
+    fn new(capacity: usize) -> Scan {
+        Scan {
+            capacity,
+            seen: VecDeque::with_capacity(capacity + 1),
+            finals: 0,
+            alive: 0,
+        }
+    }
+
+    /// The next access back in time: the index of the surviving trace it belongs to, if
+    /// it survives.
+    fn access(&mut self, trace_id: TraceId) -> Option<usize> {
+        let found = self
+            .seen
+            .iter()
+            .position(|s| s.trace_id == trace_id)
+            .and_then(|at| self.seen.remove(at));
+        let entry = found.unwrap_or_else(|| {
+            // Not met yet: nothing has fallen off the list while survivors are still being
+            // found (that takes `capacity` + 1 distinct traces), so this is a new trace.
+            let keep = (self.finals < self.capacity).then(|| {
+                self.finals += 1;
+                self.alive += 1;
+                self.finals - 1
+            });
+            Seen { trace_id, keep }
+        });
+        let keep = entry.keep;
+        self.seen.push_front(entry);
+        if self.seen.len() > self.capacity {
+            if let Some(Seen { keep: Some(_), .. }) = self.seen.pop_back() {
+                self.alive -= 1;
+            }
+        }
+        keep
+    }
+
+    /// Every survivor is known and none can have older spans that survive.
+    fn done(&self) -> bool {
+        self.finals == self.capacity && self.alive == 0
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -150,12 +255,12 @@ mod tests {
     #[test]
     fn most_recently_active_first_and_least_recent_pushed_out() {
         let recent = RecentTraces::new(2);
-        recent.record(vec![span(1, 1), span(2, 2)]);
+        recent.record(&mut vec![span(1, 1), span(2, 2)]);
         assert_eq!(ids(&recent), [2, 1]);
         // A late span of trace 1 makes it the most recent: trace 2 is pushed out next.
-        recent.record(vec![span(1, 3)]);
+        recent.record(&mut vec![span(1, 3)]);
         assert_eq!(ids(&recent), [1, 2]);
-        recent.record(vec![span(3, 4)]);
+        recent.record(&mut vec![span(3, 4)]);
         assert_eq!(ids(&recent), [3, 1]);
         let spans = &recent.snapshot()[1].spans;
         let ids: Vec<u64> = spans
@@ -173,25 +278,24 @@ mod tests {
         record.host = Some(http::HeaderValue::from_maybe_shared(head.slice(0..12)).unwrap());
         let recent = RecentTraces::new(1);
         // Trace 2 pushes trace 1 out within the batch; trace 3 stays.
-        recent.record(vec![record, span(2, 2), span(3, 3)]);
+        recent.record(&mut vec![record, span(2, 2), span(3, 3)]);
         assert_eq!(ids(&recent), [3]);
         let mut kept = span(4, 4);
         kept.host = Some(http::HeaderValue::from_maybe_shared(head.slice(12..24)).unwrap());
-        recent.record(vec![kept]);
+        recent.record(&mut vec![kept]);
         let traces = recent.traces.lock().unwrap();
         let host = traces[0].spans[0].host.as_ref().unwrap();
         assert_eq!(host, "shop.example");
         assert!(!head.as_ptr_range().contains(&host.as_bytes().as_ptr()));
-        assert_eq!(traces[0].owned, 1);
     }
 
     #[test]
     fn a_trace_pushed_out_starts_again_when_it_is_active_again() {
         let recent = RecentTraces::new(2);
-        recent.record(vec![span(9, 1)]);
+        recent.record(&mut vec![span(9, 1)]);
         // Four traces interleaved in a view of two: the two whose latest spans came last
         // (4, then 1) stay, each with the spans that arrived since it last came back.
-        let batch = vec![
+        let mut batch = vec![
             span(1, 2),
             span(3, 3),
             span(2, 4),
@@ -200,7 +304,7 @@ mod tests {
             span(1, 7),
             span(4, 8),
         ];
-        recent.record(batch);
+        recent.record(&mut batch);
         assert_eq!(ids(&recent), [4, 1]);
         let spans: Vec<Vec<u64>> = recent
             .snapshot()
@@ -214,5 +318,75 @@ mod tests {
             .collect();
         assert_eq!(spans, [vec![8], vec![7]]);
         assert_eq!(recent.span_count(), 2);
+    }
+
+    /// The view's definition, span by span: what `record` must leave.
+    fn model(
+        capacity: usize,
+        max_spans: usize,
+        batches: &[Vec<(u128, u64)>],
+    ) -> Vec<(u128, Vec<u64>)> {
+        let mut view: Vec<(u128, Vec<u64>)> = Vec::new();
+        for &(trace, id) in batches.iter().flatten() {
+            let mut kept = match view.iter().position(|t| t.0 == trace) {
+                Some(at) => view.remove(at),
+                None => {
+                    if view.len() == capacity {
+                        view.remove(0);
+                    }
+                    (trace, Vec::new())
+                }
+            };
+            if kept.1.len() < max_spans {
+                kept.1.push(id);
+            }
+            view.push(kept);
+        }
+        view.reverse();
+        view
+    }
+
+    #[test]
+    fn backwards_scan_leaves_what_the_span_by_span_lru_would() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for case in 0..3000 {
+            let capacity = rng.usize(1..6);
+            let max_spans = rng.usize(1..5);
+            let alphabet = rng.u128(1..12);
+            let mut id = 0;
+            let batches: Vec<Vec<(u128, u64)>> = (0..rng.usize(1..4))
+                .map(|_| {
+                    (0..rng.usize(0..20))
+                        .map(|_| {
+                            id += 1;
+                            (rng.u128(1..=alphabet), id)
+                        })
+                        .collect()
+                })
+                .collect();
+            let recent = RecentTraces::with_limits(capacity, max_spans);
+            for batch in &batches {
+                let mut spans: Vec<_> = batch.iter().map(|&(t, i)| span(t, i)).collect();
+                recent.record(&mut spans);
+                assert!(spans.is_empty());
+            }
+            let got: Vec<(u128, Vec<u64>)> = recent
+                .snapshot()
+                .iter()
+                .map(|t| {
+                    let ids = t
+                        .spans
+                        .iter()
+                        .map(|s| u64::from_be_bytes(s.span_context.span_id().to_bytes()))
+                        .collect();
+                    (u128::from_be_bytes(t.trace_id.to_bytes()), ids)
+                })
+                .collect();
+            assert_eq!(
+                got,
+                model(capacity, max_spans, &batches),
+                "case {case}: capacity {capacity}, {max_spans} spans a trace, batches {batches:?}"
+            );
+        }
     }
 }
