@@ -156,11 +156,6 @@ impl ExportTask {
     }
 }
 
-/// How long the export task rests between takes from the queue (see `run`): at most
-/// `REST` × the span rate waits in the queue meanwhile (2,000 spans at a million a second,
-/// within the default `queue_size`), and a span's export is at most this much later.
-const REST: Duration = Duration::from_millis(1);
-
 struct Batching {
     size: usize,
     delay: Duration,
@@ -199,16 +194,9 @@ async fn run(
     // after tokio's budget (128 receives) while hundreds of connection tasks on the same
     // thread each queue a span per turn, and fall behind until the queue overflows.
     let mut arrived = Vec::with_capacity(batch_size);
-    // After taking what had arrived, the task rests for `REST` before taking more, unless a
-    // whole batch was waiting. Waiting on the queue instead, it is woken by every span: at
-    // tens of thousands of requests a second on one core, a wake-up, a poll and a return
-    // to sleep per span cost as much as encoding it (`benches/instructions.py on`).
-    let rest = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(rest);
-    let mut resting = false;
     loop {
         tokio::select! {
-            n = rx.recv_many(&mut arrived, batch_size), if !resting => {
+            n = rx.recv_many(&mut arrived, batch_size) => {
                 // Every sink is gone: nothing more can arrive.
                 if n == 0 {
                     break;
@@ -220,13 +208,6 @@ async fn run(
                         sinks.export(&mut batch).await;
                     }
                 }
-                if n < batch_size {
-                    rest.as_mut().reset(tokio::time::Instant::now() + REST);
-                    resting = true;
-                }
-            }
-            () = &mut rest, if resting => {
-                resting = false;
             }
             _ = tick.tick() => {
                 if !batch.is_empty() {
