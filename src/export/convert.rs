@@ -371,7 +371,13 @@ fn host_and_port(span: &SpanRecord) -> (Option<&str>, Option<u16>, bool) {
     if let Some(a) = span.target.authority() {
         return (Some(a.host()), a.port_u16(), a.as_str().contains('@'));
     }
-    let Some(host) = span.host.as_ref().and_then(|h| h.to_str().ok()) else {
+    let Some(value) = span.host.as_ref() else {
+        return (None, None, false);
+    };
+    if let Some((host, port)) = plain_host(value.as_bytes()) {
+        return (Some(host), port, false);
+    }
+    let Ok(host) = value.to_str() else {
         return (None, None, false);
     };
     let (credentials, authority) = match host.rsplit_once('@') {
@@ -380,6 +386,32 @@ fn host_and_port(span: &SpanRecord) -> (Option<&str>, Option<u16>, bool) {
     };
     let (host, port) = split_port(authority);
     (Some(host), port, credentials)
+}
+
+/// `Host` as nearly every request sends it (`name` or `name:port`, the name of letters,
+/// digits, dots and dashes) split in one pass, with what `split_port` would give; `None` for
+/// anything else (userinfo, brackets, a port that is not 1-5 digits up to 65535), which
+/// goes the general way.
+fn plain_host(host: &[u8]) -> Option<(&str, Option<u16>)> {
+    let mut end = host.len();
+    let mut port: Option<u32> = None;
+    for (i, &b) in host.iter().enumerate() {
+        match (b, port) {
+            (b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-', None) => {}
+            (b':', None) if i > 0 => {
+                end = i;
+                port = Some(0);
+            }
+            (b'0'..=b'9', Some(p)) if i - end <= 5 => port = Some(p * 10 + u32::from(b - b'0')),
+            _ => return None,
+        }
+    }
+    let name = std::str::from_utf8(host.get(..end)?).ok()?;
+    match port {
+        None => Some((name, None)),
+        Some(p) if end + 1 < host.len() => Some((name, Some(u16::try_from(p).ok()?))),
+        Some(_) => None,
+    }
 }
 
 /// `host[:port]` (an IPv6 address in brackets) split as `http::uri::Authority` does: a
@@ -567,6 +599,39 @@ mod tests {
                 assert_eq!((a.host(), a.port_u16()), (host, port), "http: {input}");
             }
         }
+    }
+
+    #[test]
+    fn the_plain_host_fast_path_agrees_with_the_general_split() {
+        let alphabet = b"ab.-Z09:@[]_ ";
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut fast = 0;
+        for _ in 0..20_000 {
+            let len = rng.usize(0..12);
+            let mut bytes: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            if rng.bool() {
+                // A port-like tail, sometimes out of range or too long.
+                bytes.extend_from_slice(format!(":{}", rng.u32(0..200_000)).as_bytes());
+            }
+            let input = std::str::from_utf8(&bytes).unwrap();
+            if let Some(got) = plain_host(&bytes) {
+                fast += 1;
+                assert!(!input.contains('@'), "{input}");
+                assert_eq!(got, split_port(input), "{input:?}");
+            }
+        }
+        // The fast path is taken for the usual shapes.
+        assert!(fast > 1000, "{fast}");
+        assert_eq!(
+            plain_host(b"shop.example:8443"),
+            Some(("shop.example", Some(8443)))
+        );
+        assert_eq!(plain_host(b"shop.example"), Some(("shop.example", None)));
+        assert_eq!(plain_host(b"h:99999"), None);
+        assert_eq!(plain_host(b"u@h"), None);
+        assert_eq!(plain_host(b"[::1]:80"), None);
     }
 
     #[test]
