@@ -126,3 +126,6 @@ finally:
     up.stop()
     if sink:
         sink.terminate()
+    if not os.environ.get("KEEP"):
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)

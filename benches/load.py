@@ -115,6 +115,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s; {ser
     def stop(self):
         self.proc.send_signal(signal.SIGQUIT)
         self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Hoptrace:
@@ -177,6 +178,7 @@ max_idle_per_endpoint = 1024
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def run_wrk(port, conns, duration):
