@@ -14,6 +14,17 @@ core 1, the proxy on core 0. One run, one line; alternate builds yourself and re
 import os, subprocess, sys, time, signal, urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load as L  # noqa: E402
+
+
+def core_times(core):
+    """(busy, total) jiffies of one core, from /proc/stat."""
+    for line in open("/proc/stat"):
+        if line.startswith(f"cpu{core} "):
+            v = [int(x) for x in line.split()[1:]]
+            return sum(v) - v[3] - v[4], sum(v)
+    return 0, 1
+
+
 target = sys.argv[1]; conns = int(sys.argv[2]) if len(sys.argv) > 2 else 64
 dur = int(sys.argv[3]) if len(sys.argv) > 3 else 5
 binary = sys.argv[4] if len(sys.argv) > 4 else os.path.join(L.ROOT, "target", "release", "hoptrace")
@@ -30,6 +41,8 @@ else:
 try:
     L.run_wrk(port, conns, 1)  # warm
     t0 = L.cpu_ticks(pids)
+    s0 = L.cpu_ticks([sink.pid])
+    c0 = core_times(L.OTHER_CORE)
     if os.environ.get("RECORD"):
         rec = subprocess.Popen(["perf", "record", "-e", os.environ.get("RECORD_EVENT", "cpu-clock"), *(["-c", os.environ["RECORD_PERIOD"]] if os.environ.get("RECORD_PERIOD") else ["-F", os.environ.get("RECORD_FREQ", "4999")]), "--call-graph", os.environ.get("RECORD_CALLGRAPH", "fp"), "-o", os.environ["RECORD"], "-p", ",".join(map(str, pids))], stderr=subprocess.DEVNULL)
     perf = subprocess.Popen(["perf", "stat", "-x,", "-e", ",".join(["raw_syscalls:sys_enter", "context-switches"] + ([os.environ["PERF_EXTRA"]] if os.environ.get("PERF_EXTRA") else [])), "-p", ",".join(map(str, pids))], stderr=subprocess.PIPE, text=True)
@@ -38,6 +51,8 @@ try:
     if os.environ.get("RECORD"):
         rec.send_signal(signal.SIGINT); rec.wait()
     t1 = L.cpu_ticks(pids)
+    s1 = L.cpu_ticks([sink.pid])
+    c1 = core_times(L.OTHER_CORE)
     counts = {}
     for line in err.splitlines():
         parts = line.split(",")
@@ -47,9 +62,11 @@ try:
     n = r["requests"]
     print(f"hwm={L.hwm_kib(pids[0])/1024:.1f}MiB ", end="")
     print(f"{target} c={conns} rps={r['rps']:.0f} p99={r['p99_us']:.0f}us cpu/req={(t1-t0)/hz/n*1e6:.1f}us "
-          + " ".join(f"{k}/req={v/n:.2f}" for k, v in counts.items()))
+          + " ".join(f"{k}/req={v/n:.2f}" for k, v in counts.items())
+          + f" other-core-busy={(c1[0]-c0[0])/max(1, c1[1]-c0[1])*100:.0f}%")
     if target == "on":
         time.sleep(0.5)
-        print("spans", urllib.request.urlopen(f"http://127.0.0.1:{sink_count}/count").read().decode())
+        print("spans", urllib.request.urlopen(f"http://127.0.0.1:{sink_count}/count").read().decode(),
+              f"sink cpu/req={(s1-s0)/hz/n*1e6:.1f}us (on the load generator's core)")
 finally:
     p.stop(); up.stop(); sink.terminate()

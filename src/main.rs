@@ -51,7 +51,8 @@ enum Command {
         /// Path of the TOML config file.
         #[arg(long, short, env = "HOPTRACE_CONFIG")]
         config: PathBuf,
-        /// Worker threads of the async runtime (default: one per CPU core).
+        /// Worker threads of the async runtime (default: one per CPU core). 1 runs
+        /// everything on the main thread (tokio's current-thread scheduler).
         #[arg(long, env = "HOPTRACE_THREADS")]
         threads: Option<usize>,
         /// Do not reload when the config file changes (SIGHUP and `POST /reload` on the
@@ -229,10 +230,21 @@ fn run(path: &std::path::Path, threads: Option<usize>, watch: bool) -> anyhow::R
         eprintln!("{err}");
         return Ok(ExitCode::FAILURE);
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = threads {
-        runtime.worker_threads(threads.max(1));
-    }
+    // One thread (asked for, or all the process may use: `available_parallelism` reads the
+    // cgroup CPU quota): tokio's current-thread scheduler, everything on the main thread, as
+    // linkerd2-proxy does on one core. The multi-thread scheduler with one worker would run
+    // the tasks on that worker and park the main thread, paying for cross-thread wake-ups and
+    // run-queue atomics that one thread never needs.
+    let threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let mut runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        runtime.worker_threads(threads);
+        runtime
+    };
     let runtime = runtime
         .enable_all()
         .build()

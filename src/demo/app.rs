@@ -61,7 +61,7 @@ pub struct App {
 
 /// How slow buzzer is for `n`: 20 to 50 ms for multiples of 7, else nothing.
 pub fn buzzer_delay(n: u64) -> Duration {
-    if n % 7 == 0 {
+    if n.is_multiple_of(7) {
         Duration::from_millis(20 + (n * 13) % 31)
     } else {
         Duration::ZERO
@@ -70,7 +70,7 @@ pub fn buzzer_delay(n: u64) -> Duration {
 
 /// What the hub answers for `n`.
 pub fn fizzbuzz(n: u64) -> String {
-    match (n % 3 == 0, n % 5 == 0) {
+    match (n.is_multiple_of(3), n.is_multiple_of(5)) {
         (true, true) => "FizzBuzz".into(),
         (true, false) => "Fizz".into(),
         (false, true) => "Buzz".into(),
@@ -324,7 +324,7 @@ mod tests {
         assert_eq!(fizzbuzz(7), "7");
         for n in 0..200 {
             let delay = buzzer_delay(n);
-            if n % 7 == 0 {
+            if n.is_multiple_of(7) {
                 assert!((20..=50).contains(&delay.as_millis()), "{n}: {delay:?}");
             } else {
                 assert_eq!(delay, Duration::ZERO);

@@ -476,3 +476,58 @@ fn the_build_uses_ring_not_aws_lc() {
         .collect();
     assert!(aws.is_empty(), "aws-lc in Cargo.lock: {aws:?}");
 }
+
+/// `--threads 1` runs everything on tokio's current-thread scheduler: requests, the span
+/// export over gRPC, the config file watcher (its load runs on the blocking pool), and the
+/// flush at SIGTERM must all still work with no worker thread.
+#[tokio::test]
+async fn one_thread_serves_reloads_and_flushes_its_spans() {
+    let receiver = common::otlp::Receiver::start().await;
+    let (a, b) = (echo_server("a").await, echo_server("b").await);
+    // Batched for an hour: only the flush at SIGTERM can deliver the spans.
+    let traced = |upstream| {
+        traced_config(
+            upstream,
+            &format!(
+                "[tracing]\nbatch_delay = \"1h\"\n[tracing.otlp]\nprotocol = \"grpc\"\nendpoint = \"{}\"\n",
+                receiver.grpc_url()
+            ),
+        )
+    };
+    let mut proxy = Proxy::spawn_full(&traced(a.addr), &[], &["--threads", "1"]);
+    let addr = proxy.listeners["main"];
+    let served = |path: &'static str| async move {
+        let response = get(&http1_client(), format!("http://{addr}{path}")).await;
+        assert_eq!(response.status(), 200);
+        response.headers()["x-upstream"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(served("/first").await, "a");
+
+    // The file watcher (not a signal) applies the change.
+    std::fs::write(proxy.config_path(), traced(b.addr)).unwrap();
+    wait_until("the file change applied", DEADLINE, || async move {
+        served("/poll").await == "b"
+    })
+    .await;
+    assert!(receiver.spans().is_empty(), "batched, not yet exported");
+
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(proxy.exit_code().await, 0);
+    let spans = receiver.spans();
+    let paths: Vec<_> = spans
+        .iter()
+        .filter_map(|s| s.attr_str("url.path"))
+        .collect();
+    assert_eq!(paths.first(), Some(&"/first"), "{paths:?}");
+    assert!(paths.len() >= 2, "{paths:?}");
+    assert!(paths[1..].iter().all(|p| *p == "/poll"), "{paths:?}");
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.attr_i64("http.response.status_code") == Some(200)),
+        "{spans:#?}"
+    );
+}
