@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
@@ -351,6 +351,14 @@ pub(super) fn push_number(out: &mut Vec<u8>, n: u64, radix: u64) {
 
 /// Parses a response head at the start of `buf`; `None` while it is incomplete. The head's
 /// bytes leave `buf` and are shared by the header values.
+///
+/// The framing is read off the raw fields, and the hop-by-hop fields (RFC 9110 §7.6.1:
+/// `Connection` and the fields it names, `Keep-Alive`, `Proxy-Connection`,
+/// `Transfer-Encoding`, `TE` but `TE: trailers`, `Upgrade`, `Proxy-Authenticate`,
+/// `Proxy-Authorization`) never enter the header map: the result is what `remove_hop_by_hop`
+/// would leave (a unit test checks it), without hashing fields only to remove them again.
+/// Protocol switches, which must keep `Connection: upgrade`, do not come through here
+/// (`client.rs`).
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
@@ -372,33 +380,68 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
     } else {
         Version::HTTP_11
     };
-    // Where each name and value sits in the head, to share the head's bytes once split off.
+    let raw = || {
+        response
+            .headers
+            .iter()
+            .map(|field| (field.name.as_bytes(), field.value))
+    };
+    let (kind, keep_alive) = framing(status, version, raw(), head_request)?;
+    // Which fields stay: end-to-end ones, and the first `TE: trailers` (gRPC needs it).
+    let connection = raw()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
+        .flat_map(|(_, value)| value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        // Connection options, not field names (as `remove_hop_by_hop`).
+        .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"));
+    // Most responses' `Connection` names no field (`keep-alive`, `close`): then no field
+    // is looked for among its tokens.
+    let names_fields = connection.clone().any(|t| !t.is_empty());
+    let named =
+        |name: &[u8]| names_fields && connection.clone().any(|t| t.eq_ignore_ascii_case(name));
+    let mut te_seen = false;
+    let mut keep = |name: &[u8], value: &[u8]| match hop_by_hop(name) {
+        Hop::EndToEnd => !named(name),
+        Hop::Te => {
+            let first = !te_seen;
+            te_seen = true;
+            first && value.eq_ignore_ascii_case(b"trailers") && !named(name)
+        }
+        Hop::Always => false,
+    };
+    // Where each kept name and value sits in the head, to share the head's bytes once split
+    // off.
     let base = buf.as_ptr() as usize;
     let mut spans = [[0u32; 4]; MAX_HEADERS];
-    let count = response.headers.len();
-    for (field, span) in response.headers.iter().zip(spans.iter_mut()) {
+    let mut count = 0;
+    for (name, value) in raw() {
+        if !keep(name, value) {
+            continue;
+        }
         let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        *span = [
-            at(field.name.as_bytes()),
-            field.name.len() as u32,
-            at(field.value),
-            field.value.len() as u32,
-        ];
+        if let Some(span) = spans.get_mut(count) {
+            *span = [at(name), name.len() as u32, at(value), value.len() as u32];
+            count += 1;
+        }
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the proxy adds to the response (`traceresponse`, a trace-id header).
+    let mut headers = HeaderMap::with_capacity(count + 2);
     for [name_at, name_len, value_at, value_len] in spans.into_iter().take(count) {
         let name = head
             .get(name_at as usize..(name_at + name_len) as usize)
             .and_then(|name| HeaderName::from_bytes(name).ok())
             .ok_or(Error::Invalid("header name"))?;
-        let value = HeaderValue::from_maybe_shared(
-            head.slice(value_at as usize..(value_at + value_len) as usize),
-        )
-        .map_err(|_| Error::Invalid("header value"))?;
+        let value = if name == TE {
+            HeaderValue::from_static("trailers")
+        } else {
+            HeaderValue::from_maybe_shared(
+                head.slice(value_at as usize..(value_at + value_len) as usize),
+            )
+            .map_err(|_| Error::Invalid("header value"))?
+        };
         headers.append(name, value);
     }
-    let (kind, keep_alive) = framing(status, version, &headers, head_request)?;
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
@@ -406,19 +449,62 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
     Ok(Some((parts, kind, keep_alive)))
 }
 
+/// How `parse_head` treats a field name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    EndToEnd,
+    /// `TE`: kept only as `TE: trailers`.
+    Te,
+    Always,
+}
+
+/// Whether a field name (any case) is hop-by-hop; see `headers::remove_hop_by_hop`.
+fn hop_by_hop(name: &[u8]) -> Hop {
+    const ALWAYS: [&[u8]; 7] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    ];
+    if name.eq_ignore_ascii_case(b"te") {
+        Hop::Te
+    } else if ALWAYS
+        .iter()
+        .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
+    {
+        Hop::Always
+    } else {
+        Hop::EndToEnd
+    }
+}
+
 /// How the response body is delimited (RFC 9112 §6.3), and whether the connection may carry
-/// another request afterwards.
-fn framing(
+/// another request afterwards. `fields`: the head's (name, value) pairs in order, names in
+/// any case.
+fn framing<'a>(
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
     head_request: bool,
 ) -> Result<(Kind, bool), Error> {
-    let has_token = |token: &str| super::headers::has_token(headers, CONNECTION, token);
+    let values = |name: &'static [u8]| {
+        fields
+            .clone()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let has_token = |token: &[u8]| {
+        values(b"connection")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    };
     let keep_alive = if version == Version::HTTP_11 {
-        !has_token("close")
+        !has_token(b"close")
     } else {
-        has_token("keep-alive")
+        has_token(b"keep-alive")
     };
     if head_request
         || status.is_informational()
@@ -429,34 +515,35 @@ fn framing(
         let keep = keep_alive && status != StatusCode::SWITCHING_PROTOCOLS;
         return Ok((Kind::Done, keep));
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        let chunked = headers
-            .get_all(TRANSFER_ENCODING)
+    let has_length = values(b"content-length").next().is_some();
+    if let Some(last) = values(b"transfer-encoding").last() {
+        // As `HeaderValue::to_str`: visible ASCII (and tabs) only.
+        let chunked = last
             .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            && last
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked {
             // With a Content-Length too, the message was framed by a confused sender:
             // read it chunked, then close.
-            let keep = keep_alive && !headers.contains_key(CONTENT_LENGTH);
-            (Kind::CHUNKED, keep)
+            (Kind::CHUNKED, keep_alive && !has_length)
         } else {
             (Kind::Close, false)
         });
     }
     let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let text = value
-            .to_str()
-            .map_err(|_| Error::Invalid("content-length"))?;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+    for value in values(b"content-length") {
+        for part in value.split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
                 return Err(Error::Invalid("content-length"));
             }
-            let n: u64 = part.parse().map_err(|_| Error::Invalid("content-length"))?;
+            let n: u64 = std::str::from_utf8(part)
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .ok_or(Error::Invalid("content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Error::Invalid("conflicting content-length values"));
             }
@@ -662,7 +749,17 @@ mod tests {
         let ok = StatusCode::OK;
         let v11 = Version::HTTP_11;
         let frame = |status, version, fields: &[(&str, &str)], head_req| {
-            framing(status, version, &head(fields), head_req).ok()
+            let raw = fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+            let from_raw = framing(status, version, raw, head_req).ok();
+            // Names in any case, as they come off the wire.
+            let map = head(fields);
+            let upper: Vec<_> = map
+                .iter()
+                .map(|(n, v)| (n.as_str().to_ascii_uppercase(), v.as_bytes()))
+                .collect();
+            let raw = upper.iter().map(|(n, v)| (n.as_bytes(), *v));
+            assert_eq!(framing(status, version, raw, head_req).ok(), from_raw);
+            from_raw
         };
         let length = [("content-length", "5")];
         assert_eq!(
@@ -727,6 +824,78 @@ mod tests {
         );
         let kept = [("content-length", "5"), ("connection", "Keep-Alive")];
         assert_eq!(frame(ok, v10, &kept, false), Some((Kind::Length(5), true)));
+    }
+
+    /// The header map `parse_head` builds is the whole head's with `remove_hop_by_hop`
+    /// applied, as `forward` did to every response before.
+    #[test]
+    fn response_heads_leave_out_what_remove_hop_by_hop_removes() {
+        let heads: &[&[&str]] = &[
+            &[
+                "Server: nginx",
+                "Content-Length: 5",
+                "Connection: keep-alive",
+            ],
+            &[
+                "Connection: close, X-Private",
+                "x-private: 1",
+                "X-Public: 2",
+                "Content-Length: 0",
+            ],
+            &[
+                "Keep-Alive: timeout=5",
+                "Proxy-Connection: x",
+                "Upgrade: h2c",
+                "Content-Length: 1",
+            ],
+            &[
+                "Transfer-Encoding: chunked",
+                "Trailer: x-t",
+                "Proxy-Authenticate: Basic",
+            ],
+            &["TE: trailers", "TE: gzip", "Content-Length: 1"],
+            &["TE: gzip", "TE: trailers", "Content-Length: 1"],
+            &["Connection: TE", "TE: trailers", "Content-Length: 1"],
+            &["Connection: close", "Close: field", "Content-Length: 1"],
+            &[
+                "Connection: keep-alive, Keep-Alive",
+                "Keep-Alive: 1",
+                "A: 1",
+                "A: 2",
+            ],
+            &[
+                "Proxy-Authorization: x",
+                "Set-Cookie: a",
+                "Set-Cookie: b",
+                "Content-Length: 1",
+            ],
+        ];
+        for fields in heads {
+            let text = format!("HTTP/1.1 200 OK\r\n{}\r\n\r\n", fields.join("\r\n"));
+            let mut buf = BytesMut::from(text.as_bytes());
+            let (parts, _, _) = parse_head(&mut buf, false).unwrap().unwrap();
+            let mut expected = HeaderMap::new();
+            for field in *fields {
+                let (name, value) = field.split_once(": ").unwrap();
+                expected.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            crate::proxy::headers::remove_hop_by_hop(&mut expected, false);
+            // The same fields with each name's values in order (`HeaderMap`'s equality);
+            // the order across names is the wire's now, where a removal used to move the
+            // last field into the removed one's place.
+            assert_eq!(parts.headers, expected, "{fields:?}");
+            let names: Vec<_> = parts.headers.keys().map(|n| n.as_str()).collect();
+            let mut wire: Vec<_> = fields
+                .iter()
+                .map(|f| f.split_once(": ").unwrap().0.to_ascii_lowercase())
+                .filter(|n| expected.contains_key(n.as_str()))
+                .collect();
+            wire.dedup();
+            assert_eq!(names, wire, "{fields:?}");
+        }
     }
 
     #[tokio::test]
