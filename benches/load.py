@@ -260,7 +260,7 @@ def main():
     up = (free_port(), free_port())
     upstream = Nginx(OTHER_CORE, *up)
     sink_grpc, sink_count = free_port(), free_port()
-    sink = subprocess.Popen(["taskset", "-c", OTHER_CORE, sink_bin, f"127.0.0.1:{sink_grpc}", f"127.0.0.1:{sink_count}"], stdout=subprocess.DEVNULL)
+    sink = subprocess.Popen(["taskset", "-c", OTHER_CORE, sink_bin, f"127.0.0.1:{sink_grpc}", f"127.0.0.1:{sink_count}", *os.environ.get("SINK_FLAGS", "").split()], stdout=subprocess.DEVNULL)
     wait_port(sink_count)
     targets = args.targets.split(",")
     procs, state = [], {"ports": {"direct": up}, "pids": {}, "hoptrace": {},

@@ -7,6 +7,11 @@ Run (after `cargo build --release --bin hoptrace --example otlp_sink`):
   RECORD=/tmp/x.data python3 benches/per_request.py on     # also a perf profile (RECORD_EVENT, cpu-clock)
   PERF_EXTRA=probe_libc:malloc python3 benches/per_request.py on   # more events per request
     (a uprobe first: perf probe -x /lib/x86_64-linux-gnu/libc.so.6 malloc)
+  SINK_FLAGS=--decode python3 benches/per_request.py on   # the sink decodes every span whole
+
+Besides the proxy's figures it prints, for `on`, the spans the sink received and the sink's
+CPU per request, and for every target how busy the other core (load generator, upstream,
+sink) was: near 100% the load generator, not the proxy, may be what limits the run.
 
 Same setup as load.py (its classes are reused): nginx upstream, counting OTLP sink and wrk on
 core 1, the proxy on core 0. One run, one line; alternate builds yourself and repeat.
@@ -31,7 +36,7 @@ binary = sys.argv[4] if len(sys.argv) > 4 else os.path.join(L.ROOT, "target", "r
 up_h1, up_h2 = L.free_port(), L.free_port()
 up = L.Nginx(L.OTHER_CORE, up_h1, up_h2)
 sink_grpc, sink_count = L.free_port(), L.free_port()
-sink = subprocess.Popen(["taskset", "-c", L.OTHER_CORE, os.path.join(L.ROOT, "target", "release", "examples", "otlp_sink"), f"127.0.0.1:{sink_grpc}", f"127.0.0.1:{sink_count}"], stdout=subprocess.DEVNULL)
+sink = subprocess.Popen(["taskset", "-c", L.OTHER_CORE, os.path.join(L.ROOT, "target", "release", "examples", "otlp_sink"), f"127.0.0.1:{sink_grpc}", f"127.0.0.1:{sink_count}", *os.environ.get("SINK_FLAGS", "").split()], stdout=subprocess.DEVNULL)
 L.wait_port(sink_count)
 port = L.free_port()
 if target == "nginx":
