@@ -175,9 +175,27 @@ impl RecentTraces {
 struct Scan {
     capacity: usize,
     seen: VecDeque<Seen>,
+    /// How many of `seen` fall in each bucket of trace ids (`bucket`): a trace whose bucket
+    /// is empty is not in the list, which spares the scan of the list in the common case
+    /// of a batch of one-span traces.
+    buckets: [u8; BUCKETS],
     finals: usize,
     /// Surviving traces still in `seen`: older accesses of them may survive too.
     alive: usize,
+}
+
+fn bucket_of(seen: &Seen) -> usize {
+    bucket(&seen.trace_id)
+}
+
+/// Buckets of `Scan::buckets`: a power of two, well over the view's default capacity.
+const BUCKETS: usize = 1024;
+
+/// A trace id's bucket: its last bytes, the random ones (W3C Trace Context level 2: the
+/// rightmost 7 bytes; X-Ray's ids start with a timestamp). A poor spread only costs scans.
+fn bucket(trace_id: &TraceId) -> usize {
+    let [.., a, b] = trace_id.0;
+    usize::from(u16::from_le_bytes([b, a])) & (BUCKETS - 1)
 }
 
 struct Seen {
@@ -190,6 +208,7 @@ impl Scan {
         Scan {
             capacity,
             seen: VecDeque::with_capacity(capacity + 1),
+            buckets: [0; BUCKETS],
             finals: 0,
             alive: 0,
         }
@@ -198,11 +217,16 @@ impl Scan {
     /// The next access back in time: the index of the surviving trace it belongs to, if
     /// it survives.
     fn access(&mut self, trace_id: TraceId) -> Option<usize> {
-        let found = self
-            .seen
-            .iter()
-            .position(|s| s.trace_id == trace_id)
-            .and_then(|at| self.seen.remove(at));
+        let bucket = bucket(&trace_id);
+        let found = match self.buckets.get(bucket) {
+            Some(0) | None => None,
+            Some(_) => self
+                .seen
+                .iter()
+                .position(|s| s.trace_id == trace_id)
+                .and_then(|at| self.seen.remove(at)),
+        };
+        let found = found.inspect(|_| self.forget(bucket));
         let entry = found.unwrap_or_else(|| {
             // Not met yet: nothing has fallen off the list while survivors are still being
             // found (that takes `capacity` + 1 distinct traces), so this is a new trace.
@@ -215,12 +239,29 @@ impl Scan {
         });
         let keep = entry.keep;
         self.seen.push_front(entry);
+        if let Some(count) = self.buckets.get_mut(bucket) {
+            // At most `capacity` + 1 entries share a bucket; a count that would overflow
+            // (a view larger than 254) stays at the maximum, which only costs scans.
+            *count = count.saturating_add(1);
+        }
         if self.seen.len() > self.capacity {
-            if let Some(Seen { keep: Some(_), .. }) = self.seen.pop_back() {
-                self.alive -= 1;
+            if let Some(last) = self.seen.pop_back() {
+                self.forget(bucket_of(&last));
+                if last.keep.is_some() {
+                    self.alive -= 1;
+                }
             }
         }
         keep
+    }
+
+    /// An entry of `bucket` left `seen`.
+    fn forget(&mut self, bucket: usize) {
+        if let Some(count) = self.buckets.get_mut(bucket) {
+            if *count < u8::MAX {
+                *count = count.saturating_sub(1);
+            }
+        }
     }
 
     /// Every survivor is known and none can have older spans that survive.
@@ -353,13 +394,16 @@ mod tests {
             let capacity = rng.usize(1..6);
             let max_spans = rng.usize(1..5);
             let alphabet = rng.u128(1..12);
+            // Every other case, ids that differ only in their high bytes: all in one of
+            // `Scan`'s buckets.
+            let shift = if case % 2 == 0 { 0 } else { 64 };
             let mut id = 0;
             let batches: Vec<Vec<(u128, u64)>> = (0..rng.usize(1..4))
                 .map(|_| {
                     (0..rng.usize(0..20))
                         .map(|_| {
                             id += 1;
-                            (rng.u128(1..=alphabet), id)
+                            (rng.u128(1..=alphabet) << shift, id)
                         })
                         .collect()
                 })

@@ -208,7 +208,7 @@ impl Client {
                 // doubles its size (rustc keeps the argument and the awaited copy apart);
                 // unboxed, a request's future was 40 KB, copied whole into its box per
                 // request (`server::conn`), now 5.6 KB.
-                super::boxed(|| shared.send_h1(pool, req)).await
+                Box::into_pin(super::boxed(|| shared.send_h1(pool, req))).await
             }
             Protocol::Http2 => {
                 // HTTP/2 sends the scheme and authority as pseudo-headers.

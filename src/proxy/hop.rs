@@ -223,7 +223,7 @@ impl Hop {
         let recording = ((flags.is_sampled() || tail.is_some()) && sink.is_enabled()).then(|| {
             let headers = req.headers();
             let captured = capture(&tracing.capture_request_headers, headers);
-            Box::new(Recording {
+            super::boxed(|| Recording {
                 sink: sink.clone(),
                 started,
                 base: SpanRecord {

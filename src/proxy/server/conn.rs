@@ -123,7 +123,7 @@ where
         first = false;
         // Boxed, with the handler's future in it: a connection waiting for its next request
         // holds no request's state (10,000 idle connections: BENCHMARKS.md).
-        match crate::proxy::boxed(|| conn.exchange(head, handler, token)).await {
+        match Box::into_pin(crate::proxy::boxed(|| conn.exchange(head, handler, token))).await {
             Exchanged::KeepAlive => {}
             Exchanged::Close(end) => {
                 conn.close().await;
