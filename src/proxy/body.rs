@@ -62,8 +62,8 @@ pub struct AccessEntry {
 }
 
 impl RequestDone {
-    fn finish(self, outcome: Outcome, bytes: u64) {
-        let elapsed = self.started.elapsed();
+    fn finish(self, outcome: Outcome, bytes: u64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.started);
         self.metrics.record(self.status, elapsed.as_secs_f64());
         let Some(entry) = self.access.map(|e| *e) else {
             return;
@@ -185,11 +185,13 @@ impl ResponseBody {
         if outcome == Outcome::Complete {
             self.reuse_connection();
         }
+        // One clock read for the spans and the access log / duration metric.
+        let now = Instant::now();
         if let Some(spans) = self.spans.take() {
-            spans.finish(outcome);
+            spans.finish(outcome, now);
         }
         if let Some(done) = self.done.take() {
-            done.finish(outcome, self.bytes);
+            done.finish(outcome, self.bytes, now);
         }
         // Stitching: the inbound request is answered, or the attributed call has ended.
         drop(self.tracked.take());

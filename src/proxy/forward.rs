@@ -231,10 +231,12 @@ async fn forward(
             hop.attempt(&endpoint.authority, upstream.tls(), &mut req);
         }
 
-        let started = Instant::now();
+        // tokio's clock (the same as std's outside paused tests), so that the deadline
+        // needs no second read of it.
+        let started = tokio::time::Instant::now();
         let timeout = upstream.config.request_timeout;
-        let sent = tokio::time::timeout(
-            timeout,
+        let sent = tokio::time::timeout_at(
+            started + timeout,
             upstream.client.send(in_flight.index(), path.clone(), req),
         )
         .await;

@@ -382,8 +382,9 @@ impl Hop {
         let Some(rec) = self.recording.as_mut() else {
             return;
         };
-        let now = Instant::now();
+        // Inbound hops have no CLIENT span: no clock read for them.
         if let (Some(client), Some(client_started)) = (rec.client.as_mut(), rec.client_started) {
+            let now = Instant::now();
             client.status = Some(status);
             client.first_byte = Some(now.duration_since(client_started));
             client.connection = meta.map(|meta| {
@@ -501,7 +502,7 @@ impl Drop for Hop {
     /// vanish uncounted.
     fn drop(&mut self) {
         if let Some(recording) = self.recording.take() {
-            SpanFinish { recording }.finish(Outcome::ClientGone);
+            SpanFinish { recording }.finish(Outcome::ClientGone, Instant::now());
         }
     }
 }

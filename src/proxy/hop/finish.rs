@@ -26,12 +26,11 @@ pub struct SpanFinish {
 }
 
 impl SpanFinish {
-    /// Ends the spans and sends them to the sink. The recording stays in its box: each span
-    /// (624 bytes) is moved once, into the sink's queue.
-    pub fn finish(self, outcome: Outcome) {
+    /// Ends the spans at `now` and sends them to the sink. The recording stays in its box:
+    /// each span (624 bytes) is moved once, into the sink's queue.
+    pub fn finish(self, outcome: Outcome, now: Instant) {
         let mut recording = self.recording;
         let rec = &mut *recording;
-        let now = Instant::now();
         let error = match outcome {
             Outcome::Complete => None,
             Outcome::UpstreamFailed => Some("upstream_reset"),
