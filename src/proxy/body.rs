@@ -18,6 +18,7 @@ use http::{Method, Uri};
 use tracing::info;
 
 use super::client::UpstreamBody;
+use super::h1::RawFields;
 use super::hop::{Outcome, SpanFinish};
 use super::upstream::InFlight;
 use crate::metrics::RouteMetrics;
@@ -117,6 +118,23 @@ enum Inner {
     Local(Option<Bytes>),
 }
 
+/// Moves an upstream HTTP/1.1 response's head fields into its `HeaderMap`, for whatever
+/// reads the fields there (hyper's HTTP/2 server, captured response headers). Fields
+/// already in the map were set by the proxy: they replace the upstream's of that name.
+pub fn fields_into_map(response: &mut http::Response<ResponseBody>) {
+    if let Some(raw) = response.body_mut().take_raw_fields() {
+        let added = std::mem::take(response.headers_mut());
+        let headers = response.headers_mut();
+        raw.append_to(headers);
+        for name in added.keys() {
+            headers.remove(name);
+        }
+        for (name, value) in &added {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
 impl ResponseBody {
     /// An upstream's body; a wait of more than `idle` for its next frame aborts it.
     pub fn upstream(body: UpstreamBody, in_flight: InFlight, idle: Duration) -> ResponseBody {
@@ -151,6 +169,15 @@ impl ResponseBody {
             done: None,
             tracked: None,
             bytes: 0,
+        }
+    }
+
+    /// An upstream HTTP/1.1 response's head fields, which are not in the response's
+    /// `HeaderMap` until `fields_into_map` puts them there (`h1::RawFields`).
+    pub fn take_raw_fields(&mut self) -> Option<RawFields> {
+        match &mut self.inner {
+            Inner::Upstream { body, .. } => body.take_raw(),
+            Inner::Local(_) => None,
         }
     }
 

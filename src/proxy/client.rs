@@ -78,6 +78,14 @@ impl UpstreamBody {
             UpstreamBody::Hyper(_) => None,
         }
     }
+
+    /// An HTTP/1.1 response's head fields, which are not in its `HeaderMap` (`h1::RawFields`).
+    pub fn take_raw(&mut self) -> Option<h1::RawFields> {
+        match self {
+            UpstreamBody::H1(body) => body.take_raw(),
+            UpstreamBody::Hyper(_) => None,
+        }
+    }
 }
 
 impl Body for UpstreamBody {

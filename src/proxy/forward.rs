@@ -134,6 +134,10 @@ pub async fn handle(
         response.body_mut().track_until_done(tracked);
     }
     if let Some(mut hop) = hop {
+        if !snapshot.config.tracing.capture_response_headers.is_empty() {
+            // Captured from the header map, where an HTTP/1.1 upstream's fields are not yet.
+            super::body::fields_into_map(&mut response);
+        }
         hop.respond(&mut response);
         if let Some(spans) = hop.into_finish() {
             response.body_mut().finish_spans_with(spans);

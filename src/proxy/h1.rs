@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TE, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
@@ -132,13 +132,14 @@ impl Conn {
             self.poll_send(cx, &mut body, &mut outgoing, &mut body_sent, head_request)
         })
         .await?;
-        let (parts, kind, keep_alive) = head;
+        let (parts, raw, kind, keep_alive) = head;
         Ok(Response::from_parts(
             parts,
             Body {
                 kind,
                 reusable: keep_alive && body_sent,
                 conn: Some(self),
+                raw: Some(raw),
             },
         ))
     }
@@ -244,8 +245,91 @@ impl Conn {
     }
 }
 
-/// The response head, how its body is framed, and whether the connection may be reused.
-type Head = (http::response::Parts, Kind, bool);
+/// The response head (its fields apart, as they came), how its body is framed, and whether
+/// the connection may be reused.
+type Head = (http::response::Parts, RawFields, Kind, bool);
+
+/// A response head's end-to-end fields as they came off the wire: the head's bytes and where
+/// each kept field's name and value sit in them. The client's HTTP/1.1 writer copies them
+/// out as they are (`server::conn`), names in the upstream's case, without building a
+/// header map; what else needs them (an HTTP/2 client, captured response headers) gets
+/// them in the response's `HeaderMap` (`append_to`). `httparse` has checked that every
+/// name is a token and every value holds no control character but tab, the rules
+/// `HeaderName` and `HeaderValue` check.
+#[derive(Debug, Default)]
+pub struct RawFields {
+    head: Bytes,
+    /// Name offset, name length, value offset, value length.
+    fields: Vec<[u32; 4]>,
+}
+
+impl RawFields {
+    /// (name, value) in order, names in the case they came in.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields
+            .iter()
+            .map(|&[name_at, name_len, value_at, value_len]| {
+                let slice = |at: u32, len: u32| {
+                    self.head
+                        .get(at as usize..(at + len) as usize)
+                        .unwrap_or_default()
+                };
+                (slice(name_at, name_len), slice(value_at, value_len))
+            })
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        let name = name.as_str().as_bytes();
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// `name: value` lines for a response head: as `encode_fields` writes a header map, one
+    /// `Content-Length` only (the framing fields are gone already). Fields named in
+    /// `replaced` are left out: the proxy set its own (`traceresponse`, the trace-id header).
+    pub fn encode(&self, out: &mut Vec<u8>, replaced: &HeaderMap) {
+        let mut length_seen = false;
+        for (name, value) in self.iter() {
+            if replaced
+                .keys()
+                .any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
+                if length_seen {
+                    continue;
+                }
+                length_seen = true;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Appends the fields to `headers`, in order; header values share the head's bytes.
+    pub fn append_to(self, headers: &mut HeaderMap) {
+        headers.reserve(self.fields.len());
+        for &[name_at, name_len, value_at, value_len] in &self.fields {
+            let name = self
+                .head
+                .get(name_at as usize..(name_at + name_len) as usize)
+                .and_then(|name| HeaderName::from_bytes(name).ok());
+            let value = HeaderValue::from_maybe_shared(
+                self.head
+                    .slice(value_at as usize..(value_at + value_len) as usize),
+            );
+            // Both hold (see the type's doc); a field that did not would be left out.
+            if let (Some(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
+    }
+}
 
 /// Writes the request line and header section; returns how the body goes out.
 fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBody) -> Outgoing {
@@ -412,42 +496,29 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
     // Where each kept name and value sits in the head, to share the head's bytes once split
     // off.
     let base = buf.as_ptr() as usize;
-    let mut spans = [[0u32; 4]; MAX_HEADERS];
-    let mut count = 0;
+    let mut fields = Vec::with_capacity(response.headers.len());
     for (name, value) in raw() {
         if !keep(name, value) {
             continue;
         }
-        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        if let Some(span) = spans.get_mut(count) {
-            *span = [at(name), name.len() as u32, at(value), value.len() as u32];
-            count += 1;
+        if name.len() > MAX_NAME {
+            return Err(Error::Invalid("header name"));
         }
+        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        fields.push([at(name), name.len() as u32, at(value), value.len() as u32]);
     }
-    let head = buf.split_to(len).freeze();
-    // Room for what the proxy adds to the response (`traceresponse`, a trace-id header).
-    let mut headers = HeaderMap::with_capacity(count + 2);
-    for [name_at, name_len, value_at, value_len] in spans.into_iter().take(count) {
-        let name = head
-            .get(name_at as usize..(name_at + name_len) as usize)
-            .and_then(|name| HeaderName::from_bytes(name).ok())
-            .ok_or(Error::Invalid("header name"))?;
-        let value = if name == TE {
-            HeaderValue::from_static("trailers")
-        } else {
-            HeaderValue::from_maybe_shared(
-                head.slice(value_at as usize..(value_at + value_len) as usize),
-            )
-            .map_err(|_| Error::Invalid("header value"))?
-        };
-        headers.append(name, value);
-    }
+    let raw = RawFields {
+        head: buf.split_to(len).freeze(),
+        fields,
+    };
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
-    parts.headers = headers;
-    Ok(Some((parts, kind, keep_alive)))
+    Ok(Some((parts, raw, kind, keep_alive)))
 }
+
+/// Longest field name `HeaderName` takes.
+const MAX_NAME: usize = (1 << 16) - 1;
 
 /// How `parse_head` treats a field name.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -565,9 +636,16 @@ pub struct Body {
     reusable: bool,
     /// `None` after a failure.
     conn: Option<Conn>,
+    /// The response head's fields, until taken.
+    raw: Option<RawFields>,
 }
 
 impl Body {
+    /// The response head's fields (once: they are not in the response's `HeaderMap`).
+    pub fn take_raw(&mut self) -> Option<RawFields> {
+        self.raw.take()
+    }
+
     /// Once the body has ended, its connection, if it can carry another request.
     pub fn take_reusable(&mut self) -> Option<Conn> {
         if self.kind != Kind::Done || !self.reusable {
@@ -670,6 +748,13 @@ mod tests {
     }
 
     /// Reads a body to its end: the data, and the trailers if any.
+    /// The response head's fields, which `send` leaves out of the response's map.
+    fn fields(body: &mut Body) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        body.take_raw().unwrap().append_to(&mut headers);
+        headers
+    }
+
     async fn read_all(body: &mut Body) -> Result<(String, Option<HeaderMap>), Error> {
         let mut data = Vec::new();
         let mut trailers = None;
@@ -873,7 +958,32 @@ mod tests {
         for fields in heads {
             let text = format!("HTTP/1.1 200 OK\r\n{}\r\n\r\n", fields.join("\r\n"));
             let mut buf = BytesMut::from(text.as_bytes());
-            let (parts, _, _) = parse_head(&mut buf, false).unwrap().unwrap();
+            let (parts, raw, _, _) = parse_head(&mut buf, false).unwrap().unwrap();
+            assert!(parts.headers.is_empty());
+            // Written out as they came: names in their case, one line each.
+            let mut out = Vec::new();
+            raw.encode(&mut out, &HeaderMap::new());
+            let written: Vec<(String, String)> = String::from_utf8(out)
+                .unwrap()
+                .split_terminator("\r\n")
+                .map(|line| line.split_once(": ").unwrap())
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            let kept: Vec<(String, String)> = raw
+                .iter()
+                .map(|(n, v)| {
+                    let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+                    (text(n), text(v))
+                })
+                .collect();
+            assert_eq!(written, kept, "{fields:?}");
+            assert!(
+                kept.iter()
+                    .all(|(n, v)| fields.contains(&format!("{n}: {v}").as_str())),
+                "{fields:?}"
+            );
+            let mut headers = HeaderMap::new();
+            raw.append_to(&mut headers);
             let mut expected = HeaderMap::new();
             for field in *fields {
                 let (name, value) = field.split_once(": ").unwrap();
@@ -886,8 +996,8 @@ mod tests {
             // The same fields with each name's values in order (`HeaderMap`'s equality);
             // the order across names is the wire's now, where a removal used to move the
             // last field into the removed one's place.
-            assert_eq!(parts.headers, expected, "{fields:?}");
-            let names: Vec<_> = parts.headers.keys().map(|n| n.as_str()).collect();
+            assert_eq!(headers, expected, "{fields:?}");
+            let names: Vec<_> = headers.keys().map(|n| n.as_str()).collect();
             let mut wire: Vec<_> = fields
                 .iter()
                 .map(|f| f.split_once(": ").unwrap().0.to_ascii_lowercase())
@@ -909,8 +1019,8 @@ mod tests {
         ])
         .await;
         let response = conn.send(get("/")).await.unwrap();
-        assert_eq!(response.headers()["x-head"], "a");
         let mut body = response.into_body();
+        assert_eq!(fields(&mut body)["x-head"], "a");
         let (data, trailers) = read_all(&mut body).await.unwrap();
         assert_eq!(data, "hello world");
         assert_eq!(trailers.unwrap()["x-trailer"], "t");
@@ -935,8 +1045,8 @@ mod tests {
         .await;
         let response = conn.send(get("/")).await.unwrap();
         assert_eq!(response.status(), 201);
-        assert!(response.headers().get("link").is_none());
         let mut body = response.into_body();
+        assert!(fields(&mut body).get("link").is_none());
         assert!(body.is_end_stream());
         assert!(body.take_reusable().is_some());
     }
@@ -1003,8 +1113,8 @@ mod tests {
             .body(RequestBody::empty())
             .unwrap();
         let response = conn.send(req).await.unwrap();
-        assert_eq!(response.headers()["content-length"], "1000");
         let mut body = response.into_body();
+        assert_eq!(fields(&mut body)["content-length"], "1000");
         assert!(body.is_end_stream());
         assert!(body.take_reusable().is_some());
     }

@@ -35,7 +35,7 @@ mod server;
 mod snapshot;
 mod upstream;
 
-pub use self::body::ResponseBody;
+pub use self::body::{ResponseBody, fields_into_map};
 
 /// `Box::new(make())` with the value written straight into its heap slot. `Box::new(v)`
 /// builds `v` on the stack and copies all of `size_of::<T>()` into the box; for a future

@@ -144,6 +144,39 @@ pub async fn echo_server(name: &'static str) -> TestServer {
     .await
 }
 
+/// An address on loopback that refuses connections for the rest of the test run: a socket
+/// bound to it that never listens (a SYN gets a reset) and is kept open, so the port is not
+/// handed to another test meanwhile. (A listener bound and dropped frees its port for the
+/// next ephemeral bind: with tests in parallel, "refused" then sometimes reached another
+/// test's server.)
+pub fn refusing_addr() -> SocketAddr {
+    let port = RefusingPort::new();
+    let addr = port.addr();
+    std::mem::forget(port);
+    addr
+}
+
+/// A port that refuses connections until `listen` turns it, at the same address and with
+/// no moment in between when another test could take it, into a listener (a server that
+/// comes back).
+pub struct RefusingPort(tokio::net::TcpSocket);
+
+impl RefusingPort {
+    pub fn new() -> RefusingPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        RefusingPort(socket)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.local_addr().unwrap()
+    }
+
+    pub fn listen(self) -> tokio::net::TcpListener {
+        self.0.listen(1024).unwrap()
+    }
+}
+
 /// The proxy, started in-process from TOML through the production parser.
 pub async fn start_proxy(toml: &str) -> hoptrace::app::Running {
     let config = match hoptrace::config::Config::from_toml_str(toml) {

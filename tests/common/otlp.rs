@@ -263,6 +263,11 @@ impl Receiver {
         Receiver::start_full(None, None, grpc_addr).await
     }
 
+    /// A plain-text receiver whose gRPC server takes `listener`.
+    pub async fn start_on(listener: TcpListener) -> Receiver {
+        Receiver::start_listening(None, None, listener).await
+    }
+
     async fn start_with(tls: Option<(&str, &str)>) -> Receiver {
         Receiver::start_full(tls, None, any_port()).await
     }
@@ -272,9 +277,16 @@ impl Receiver {
         client_ca: Option<&str>,
         grpc_addr: SocketAddr,
     ) -> Receiver {
-        let state = Arc::new(State::default());
-
         let listener = TcpListener::bind(grpc_addr).await.unwrap();
+        Receiver::start_listening(tls, client_ca, listener).await
+    }
+
+    async fn start_listening(
+        tls: Option<(&str, &str)>,
+        client_ca: Option<&str>,
+        listener: TcpListener,
+    ) -> Receiver {
+        let state = Arc::new(State::default());
         let grpc_addr = listener.local_addr().unwrap();
         let service = TraceServiceServer::new(Grpc(state.clone()))
             .accept_compressed(CompressionEncoding::Gzip);

@@ -26,10 +26,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 #[tokio::test]
 async fn text_access_lines_carry_the_ids_and_the_error_type() {
     let app = echo_server("app").await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = refusing_addr();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     let config = format!(

@@ -129,10 +129,9 @@ fn keep(
     })
 }
 
-/// A port nothing listens on (bound, then released).
+/// A port that refuses connections (`common::refusing_addr`).
 fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    refusing_addr().port()
 }
 
 fn config(upstream: SocketAddr, protocol: &str, otlp_headers: &str, reload_token: &str) -> String {

@@ -129,10 +129,7 @@ async fn spans_are_counted_when_they_start_and_when_exported() {
 #[tokio::test]
 async fn spans_a_refused_collector_never_got_are_counted_as_failed() {
     let app = echo_server("app").await;
-    let refused = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
+    let refused = refusing_addr();
     let proxy = start_proxy(&config(
         "inbound",
         app.addr,

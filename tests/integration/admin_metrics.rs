@@ -52,8 +52,7 @@ endpoints = ["{dead}"]
 }
 
 async fn closed_port() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    refusing_addr()
 }
 
 /// `POST /reload` after writing `text` (when given): the outcome's name.

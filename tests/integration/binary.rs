@@ -375,10 +375,7 @@ async fn the_access_log_line_carries_the_exported_span_trace_id() {
     let receiver = common::otlp::Receiver::start().await;
     let upstream = echo_server("app").await;
     // A second route leads to a closed port, for a failing request.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = refusing_addr();
     let proxy = Proxy::spawn(&format!(
         "{}[[routes]]\nlistener = \"main\"\npath_prefix = \"/gone\"\nupstream = \"dead\"\n\
          [upstreams.dead]\nendpoints = [\"{dead}\"]\n",

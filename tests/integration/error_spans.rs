@@ -197,10 +197,7 @@ async fn a_body_over_the_limit_is_413_request_body_too_large_with_its_span() {
 /// else to go, so it is not sent: 503 `no_healthy_upstream`.
 #[tokio::test]
 async fn a_retry_with_every_endpoint_in_back_off_is_503_no_healthy_upstream() {
-    let dead = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let dead = refusing_addr();
     for role in ["gateway", "outbound"] {
         let receiver = Receiver::start().await;
         let toml = config(&receiver, role, dead, "retries = 2", "");

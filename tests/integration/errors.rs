@@ -9,8 +9,7 @@ use common::*;
 
 /// An address on loopback where nothing listens: connecting is refused.
 async fn dead_addr() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+    refusing_addr()
 }
 
 fn config_with(endpoints: &[std::net::SocketAddr], extra: &str) -> String {
@@ -214,7 +213,8 @@ async fn p2c_balances_and_skips_a_dead_endpoint() {
 #[tokio::test]
 async fn an_endpoint_is_used_again_after_its_failure_backoff() {
     let a = echo_server("a").await;
-    let dead = dead_addr().await;
+    let port = RefusingPort::new();
+    let dead = port.addr();
     let backoff = Duration::from_secs(2);
     let proxy = start_proxy(&config_with(&[a.addr, dead], "failure_backoff = \"2s\"")).await;
     let addr = proxy.listener_addr("main").unwrap();
@@ -230,7 +230,7 @@ async fn an_endpoint_is_used_again_after_its_failure_backoff() {
     // The endpoint comes back at once, at the same address. Requests that ended within the
     // back-off (counted from before the failure, so surely within it) went to "a"; once it
     // expires, round robin sends one to the revived endpoint.
-    let listener = tokio::net::TcpListener::bind(dead).await.unwrap();
+    let listener = port.listen();
     let _revived = serve_on(
         listener,
         |_req| async {

@@ -73,7 +73,19 @@ async fn all_succeed(addr: SocketAddr, n: usize) {
 /// The collector is refused, then black-holed: requests keep succeeding, the queue stays
 /// within its size, lost spans are counted; then a real collector comes up on the address
 /// and spans arrive again.
-async fn outage(collector: SocketAddr, hole: Option<tokio::task::JoinHandle<()>>) {
+/// How the collector is down in `outage`.
+enum Down {
+    /// Nothing listens: connections are refused.
+    Refusing(RefusingPort),
+    /// A task accepts connections and never answers.
+    Hole(SocketAddr, tokio::task::JoinHandle<()>),
+}
+
+async fn outage(down: Down) {
+    let collector = match &down {
+        Down::Refusing(port) => port.addr(),
+        Down::Hole(addr, _) => *addr,
+    };
     let upstream = echo_server("app").await;
     let toml = config(upstream.addr, "inbound", &format!("http://{collector}"), "");
     let proxy = start_proxy(&toml).await;
@@ -104,11 +116,14 @@ async fn outage(collector: SocketAddr, hole: Option<tokio::task::JoinHandle<()>>
     );
 
     // The collector comes back on the same address.
-    if let Some(hole) = hole {
-        hole.abort();
-        let _ = hole.await;
-    }
-    let receiver = Receiver::start_at(collector).await;
+    let receiver = match down {
+        Down::Refusing(port) => Receiver::start_on(port.listen()).await,
+        Down::Hole(_, hole) => {
+            hole.abort();
+            let _ = hole.await;
+            Receiver::start_at(collector).await
+        }
+    };
     let client = http1_client();
     wait_until("export resumes", Duration::from_secs(20), || {
         let (client, receiver) = (client.clone(), &receiver);
@@ -128,17 +143,13 @@ async fn outage(collector: SocketAddr, hole: Option<tokio::task::JoinHandle<()>>
 
 #[tokio::test]
 async fn a_refusing_collector_costs_requests_nothing_and_export_resumes() {
-    let collector = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
-    outage(collector, None).await;
+    outage(Down::Refusing(RefusingPort::new())).await;
 }
 
 #[tokio::test]
 async fn a_black_holed_collector_costs_requests_nothing_and_export_resumes() {
     let (collector, hole) = black_hole().await;
-    outage(collector, Some(hole)).await;
+    outage(Down::Hole(collector, hole)).await;
 }
 
 /// A slow collector: a TCP relay to `to` that holds every chunk of the collector's answers
@@ -252,10 +263,7 @@ const PARTIAL_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123
 
 #[tokio::test]
 async fn broken_upstreams_end_in_the_right_status_and_span() {
-    let refused = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refused = refusing_addr();
     let reset_before_headers = raw_upstream(|s| async move { reset(s) }).await;
     // The two upstreams that keep their side open count when the proxy closes it: a request
     // given up on must not leave its upstream connection behind.

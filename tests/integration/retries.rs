@@ -129,10 +129,7 @@ async fn status_retries_are_one_client_span_per_attempt() {
 #[tokio::test]
 async fn a_refused_connection_is_retried_on_another_endpoint() {
     let receiver = Receiver::start().await;
-    let dead = {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let dead = refusing_addr();
     let (live, count, _) = flaky_upstream(0).await;
     let proxy = start_proxy(&config(
         "outbound",

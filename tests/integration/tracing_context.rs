@@ -310,10 +310,7 @@ async fn sampling_ratio_zero_and_untraced_routes() {
 #[tokio::test]
 async fn failures_record_spans_with_error_type() {
     let receiver = Receiver::start().await;
-    let dead = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = refusing_addr();
     let gate = Gate::default();
     let g = gate.clone();
     let slow = serve(move |_req| {
@@ -457,10 +454,7 @@ async fn header_capture_4xx_status_and_connection_reuse() {
 async fn collector_down_or_black_holed_never_slows_requests() {
     let upstream = echo_server("app").await;
     // Down: nothing listens. Black-holed: accepts TCP, never answers.
-    let down = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
+    let down = refusing_addr();
     let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hole_addr = hole.local_addr().unwrap();
     let _hole = tokio::spawn(async move {
@@ -630,4 +624,84 @@ async fn an_unknown_method_is_other_on_the_span_and_unchanged_upstream() {
         assert_eq!(span.attr_str("http.request.method_original"), Some("PURGE"));
     }
     proxy.shutdown().await;
+}
+
+/// An HTTP/1.1 upstream's response fields go to the client as they came (hoptrace writes
+/// them from the upstream's head without a header map, or, for an HTTP/2 client, through
+/// one): every end-to-end field with its values in order, hop-by-hop fields gone, and the
+/// fields the proxy sets (`traceresponse`) replacing the upstream's of the same name.
+#[tokio::test]
+async fn upstream_response_fields_pass_through_and_the_proxys_own_replace_the_upstreams() {
+    let upstream = serve(|_req: Request<Incoming>| async move {
+        http::Response::builder()
+            // What an inner hop's sidecar would have added.
+            .header(
+                "traceresponse",
+                "00-11111111111111111111111111111111-2222222222222222-01",
+            )
+            .header("x-multi", "one")
+            .header("x-multi", "two")
+            .header("x-single", "three")
+            .header("connection", "x-hop")
+            .header("x-hop", "private")
+            .header("date", "Tue, 01 Dec 2026 00:00:00 GMT")
+            .body(full("payload"))
+            .unwrap()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let proxy = start_proxy(&config(&receiver, "inbound", upstream.addr, "", "")).await;
+    let addr = proxy.listener_addr("main").unwrap();
+    let mut answered = Vec::new();
+    for client in [http1_client(), http2_client()] {
+        let request = Request::get(format!("http://{addr}/fields"))
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(full(""))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let headers = response.headers().clone();
+        let values = |name: &str| -> Vec<&str> {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(values("x-multi"), ["one", "two"], "{headers:?}");
+        assert_eq!(values("x-single"), ["three"], "{headers:?}");
+        assert_eq!(
+            values("date"),
+            ["Tue, 01 Dec 2026 00:00:00 GMT"],
+            "{headers:?}"
+        );
+        assert!(
+            values("x-hop").is_empty(),
+            "named in Connection: {headers:?}"
+        );
+        assert!(values("connection").is_empty(), "{headers:?}");
+        let traceresponse = values("traceresponse");
+        assert_eq!(traceresponse.len(), 1, "{headers:?}");
+        answered.push(traceresponse[0].to_string());
+        assert_eq!(body_string(response).await, "payload");
+    }
+    // Each names this hop's SERVER span, not the upstream's.
+    let mut spans: Vec<String> = receiver
+        .wait_for_spans(2)
+        .await
+        .iter()
+        .map(|s| format!("00-{}-{}-01", s.trace_id, s.span_id))
+        .collect();
+    spans.sort();
+    answered.sort();
+    assert_eq!(answered, spans);
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")),
+        "{spans:?}"
+    );
 }

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TE};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
@@ -279,7 +279,17 @@ impl<I: Io> Conn<I> {
             || parts.status.is_informational()
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED;
-        let declared = declared_length(&parts.headers);
+        // An HTTP/1.1 upstream's fields come apart from the map (`h1::RawFields`), written
+        // as they came; the map holds what the proxy added.
+        let raw = body.take_raw_fields();
+        let field = |name: &HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .map(HeaderValue::as_bytes)
+                .or_else(|| raw.as_ref()?.get(name))
+        };
+        let declared = field(&CONTENT_LENGTH).and_then(parse_length);
         let mut framing = if bodiless {
             Framing::None
         } else if let Some(len) = declared {
@@ -293,6 +303,9 @@ impl<I: Io> Conn<I> {
             Framing::Close
         };
         encode_status(&mut out, parts.status);
+        if let Some(raw) = &raw {
+            raw.encode(&mut out, &parts.headers);
+        }
         encode_fields(&mut out, &parts.headers, true);
         match framing {
             Framing::Length(len) if declared.is_none() => {
@@ -303,19 +316,21 @@ impl<I: Io> Conn<I> {
             Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             _ => {}
         }
-        if !parts.headers.contains_key(DATE) {
+        if field(&DATE).is_none() {
             super::date::encode(&mut out);
         }
         if upgrade.is_some() {
             // The upstream's `Connection: upgrade` went out with its fields.
         } else if !keep_alive {
-            if !parts.headers.contains_key(CONNECTION) {
+            if field(&CONNECTION).is_none() {
                 out.extend_from_slice(b"connection: close\r\n");
             }
         } else if version == Version::HTTP_10 {
             out.extend_from_slice(b"connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
+        // The upstream's head buffer, which the fields shared, is not needed any more.
+        drop(raw);
 
         if let Some(tx) = upgrade {
             drop(body);
@@ -632,8 +647,8 @@ fn encode_status(out: &mut Vec<u8>, status: StatusCode) {
 }
 
 /// The response's `Content-Length`, when it is one valid number.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get(CONTENT_LENGTH)?.as_bytes();
+/// A `Content-Length` value, when it is one number.
+fn parse_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }

@@ -99,7 +99,12 @@ where
 {
     let service = service_fn(move |req: Request<Incoming>| {
         let response = handler(req.map(ClientBody::H2));
-        async move { Ok::<_, Infallible>(response.await) }
+        async move {
+            let mut response = response.await;
+            // hyper's HTTP/2 server writes the response's `HeaderMap` only.
+            crate::proxy::fields_into_map(&mut response);
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
