@@ -31,7 +31,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct ResponseBody {
     inner: Inner,
     /// Finished when the body ends, fails, or is dropped early (client gone).
-    spans: Option<Box<SpanFinish>>,
+    spans: Option<SpanFinish>,
     /// Metrics and access log, recorded at the same moment.
     done: Option<RequestDone>,
     /// Stitching: the inbound request stays "in flight" (or the call open) until this ends.
@@ -183,7 +183,7 @@ impl ResponseBody {
 
     /// The spans end when this body does.
     pub fn finish_spans_with(&mut self, spans: SpanFinish) {
-        self.spans = Some(Box::new(spans));
+        self.spans = Some(spans);
     }
 
     /// Tells stitching when the response ends.

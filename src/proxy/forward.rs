@@ -207,7 +207,12 @@ async fn forward(
         // Every request to the upstream earns budget, retryable or not.
         upstream.retry_budget.deposit();
     }
-    let fault = BodyFault::default();
+    // A request without a body cannot fail on it: nothing to share (no allocation).
+    let fault = if req.body().is_end_stream() {
+        BodyFault::default()
+    } else {
+        BodyFault::shared()
+    };
     let mut first = Some(req.map(|body| RequestBody::incoming(body, max_body, &fault)));
     let mut attempt: u32 = 0;
     loop {

@@ -28,29 +28,41 @@ pub struct RequestBody {
 }
 
 /// Why a request body failed, if it did; shared between the body (which hyper's client owns)
-/// and the request's forwarding code.
+/// and the request's forwarding code. The default records nothing and allocates nothing:
+/// for a request without a body, which cannot fail (`shared` for one with a body).
 #[derive(Clone, Debug, Default)]
-pub struct BodyFault(Arc<AtomicU8>);
+pub struct BodyFault(Option<Arc<AtomicU8>>);
 
 const FAULT_NONE: u8 = 0;
 const FAULT_TOO_LARGE: u8 = 1;
 const FAULT_CLIENT: u8 = 2;
 
 impl BodyFault {
+    /// One that records a fault, for a request with a body.
+    pub fn shared() -> BodyFault {
+        BodyFault(Some(Arc::default()))
+    }
+
+    fn get(&self) -> u8 {
+        self.0
+            .as_ref()
+            .map_or(FAULT_NONE, |f| f.load(Ordering::Acquire))
+    }
+
     /// The body passed `max_request_body`.
     pub fn too_large(&self) -> bool {
-        self.0.load(Ordering::Acquire) == FAULT_TOO_LARGE
+        self.get() == FAULT_TOO_LARGE
     }
 
     /// Reading the client's body failed: malformed chunked encoding, or the client went away.
     pub fn client_failed(&self) -> bool {
-        self.0.load(Ordering::Acquire) == FAULT_CLIENT
+        self.get() == FAULT_CLIENT
     }
 
     fn set(&self, fault: u8) {
-        let _ = self
-            .0
-            .compare_exchange(FAULT_NONE, fault, Ordering::AcqRel, Ordering::Acquire);
+        if let Some(f) = &self.0 {
+            let _ = f.compare_exchange(FAULT_NONE, fault, Ordering::AcqRel, Ordering::Acquire);
+        }
     }
 }
 

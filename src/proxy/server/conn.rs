@@ -14,7 +14,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
@@ -27,7 +27,7 @@ use super::io::{Io, OnUpgrade, Prefixed, Upgraded};
 use super::{Ambiguous, End, Settings};
 use crate::proxy::ResponseBody;
 use crate::proxy::decode::Kind;
-use crate::proxy::h1::{encode_fields, push_number};
+use crate::proxy::h1::{RawFields, encode_fields, push_number};
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -282,14 +282,8 @@ impl<I: Io> Conn<I> {
         // An HTTP/1.1 upstream's fields come apart from the map (`h1::RawFields`), written
         // as they came; the map holds what the proxy added.
         let raw = body.take_raw_fields();
-        let field = |name: &HeaderName| {
-            parts
-                .headers
-                .get(name)
-                .map(HeaderValue::as_bytes)
-                .or_else(|| raw.as_ref()?.get(name))
-        };
-        let declared = field(&CONTENT_LENGTH).and_then(parse_length);
+        let framing_fields = FramingFields::of(&parts.headers, raw.as_ref());
+        let declared = framing_fields.length.and_then(parse_length);
         let mut framing = if bodiless {
             Framing::None
         } else if let Some(len) = declared {
@@ -316,13 +310,13 @@ impl<I: Io> Conn<I> {
             Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             _ => {}
         }
-        if field(&DATE).is_none() {
+        if !framing_fields.date {
             super::date::encode(&mut out);
         }
         if upgrade.is_some() {
             // The upstream's `Connection: upgrade` went out with its fields.
         } else if !keep_alive {
-            if field(&CONNECTION).is_none() {
+            if !framing_fields.connection {
                 out.extend_from_slice(b"connection: close\r\n");
             }
         } else if version == Version::HTTP_10 {
@@ -647,6 +641,37 @@ fn encode_status(out: &mut Vec<u8>, status: StatusCode) {
 }
 
 /// The response's `Content-Length`, when it is one valid number.
+/// What the response head writer needs to know of the response's fields, looked up in one
+/// pass: the proxy's own (the map, first: they replace the upstream's) and an HTTP/1.1
+/// upstream's (`h1::RawFields`).
+struct FramingFields<'a> {
+    /// The first `Content-Length` value.
+    length: Option<&'a [u8]>,
+    date: bool,
+    connection: bool,
+}
+
+impl<'a> FramingFields<'a> {
+    fn of(map: &'a HeaderMap, raw: Option<&'a RawFields>) -> FramingFields<'a> {
+        let mut found = FramingFields {
+            length: map.get(CONTENT_LENGTH).map(HeaderValue::as_bytes),
+            date: map.contains_key(DATE),
+            connection: map.contains_key(CONNECTION),
+        };
+        for (name, value) in raw.into_iter().flat_map(RawFields::iter) {
+            match name.len() {
+                14 if found.length.is_none() && name.eq_ignore_ascii_case(b"content-length") => {
+                    found.length = Some(value);
+                }
+                4 if name.eq_ignore_ascii_case(b"date") => found.date = true,
+                10 if name.eq_ignore_ascii_case(b"connection") => found.connection = true,
+                _ => {}
+            }
+        }
+        found
+    }
+}
+
 /// A `Content-Length` value, when it is one number.
 fn parse_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
