@@ -38,6 +38,7 @@ use tracing::debug;
 use super::connector::{ConnMeta, Tagged, TaggingConnector};
 use super::h1;
 pub use super::h1::Conn;
+use super::headers::{Forwarded, is_upgrade_request};
 use super::request_body::RequestBody;
 use crate::config::Protocol;
 
@@ -194,16 +195,23 @@ impl Client {
         }
     }
 
-    /// Sends `req` (its URI is the origin-form target) to endpoint `index` and waits for the
-    /// response head.
+    /// Sends `req` (its URI is the origin-form target) with the `forwarded` fields to
+    /// endpoint `index` and waits for the response head.
     pub async fn send(
         &self,
         index: usize,
         path: PathAndQuery,
         mut req: Request<RequestBody>,
+        forwarded: Option<&Forwarded>,
     ) -> Result<Sent, SendError> {
         let shared = &self.shared;
         let pool = shared.pool(index)?;
+        let upgrade = is_upgrade_request(req.headers());
+        if let Some(forwarded) = forwarded.filter(|_| upgrade || shared.protocol != Protocol::Http1)
+        {
+            // Hyper's connections write the header map only.
+            forwarded.insert_into(req.headers_mut());
+        }
         match shared.protocol {
             Protocol::Http1 => {
                 *req.uri_mut() = Uri::from(path);
@@ -216,7 +224,11 @@ impl Client {
                 // doubles its size (rustc keeps the argument and the awaited copy apart);
                 // unboxed, a request's future was 40 KB, copied whole into its box per
                 // request (`server::conn`), now 5.6 KB.
-                Box::into_pin(super::boxed(|| shared.send_h1(pool, req))).await
+                if upgrade {
+                    // Boxed, as rare: its size would otherwise count for every request's future.
+                    return Box::pin(shared.send_upgrade(pool, req)).await;
+                }
+                Box::into_pin(super::boxed(|| shared.send_h1(pool, req, forwarded))).await
             }
             Protocol::Http2 => {
                 // HTTP/2 sends the scheme and authority as pseudo-headers.
@@ -280,17 +292,18 @@ impl Shared {
             .ok_or_else(|| SendError::Connect(format!("no endpoint with index {index}").into()))
     }
 
-    async fn send_h1(&self, pool: &Pool, req: Request<RequestBody>) -> Result<Sent, SendError> {
-        if super::headers::is_upgrade_request(req.headers()) {
-            // Boxed, as rare: its size would otherwise count for every request's future.
-            return Box::pin(self.send_upgrade(pool, req)).await;
-        }
+    async fn send_h1(
+        &self,
+        pool: &Pool,
+        req: Request<RequestBody>,
+        forwarded: Option<&Forwarded>,
+    ) -> Result<Sent, SendError> {
         let conn = match self.take_idle(pool) {
             Some(conn) => conn,
             None => h1::Conn::new(Box::pin(self.connect(pool)).await?),
         };
         let meta = conn.meta();
-        match conn.send(req).await {
+        match conn.send(req, forwarded).await {
             Ok(response) => Ok(Sent {
                 response: response.map(UpstreamBody::H1),
                 meta,
@@ -555,7 +568,7 @@ mod tests {
     /// Sends a GET, reads the whole body, hands the connection back; returns the body.
     async fn round_trip(client: &Client) -> String {
         let sent = client
-            .send(0, PathAndQuery::from_static("/x"), get())
+            .send(0, PathAndQuery::from_static("/x"), get(), None)
             .await
             .unwrap();
         let mut body = sent.response.into_body();
@@ -587,7 +600,7 @@ mod tests {
 
         // A response dropped before its body was read: its connection is not pooled again.
         let sent = client
-            .send(0, PathAndQuery::from_static("/"), get())
+            .send(0, PathAndQuery::from_static("/"), get(), None)
             .await
             .unwrap();
         assert_eq!(client.idle_counts(), [0]);

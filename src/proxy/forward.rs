@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::body::{AccessEntry, RequestDone, ResponseBody};
 use super::client::{SendError, UpstreamBody};
 use super::error::{ProxyError, is_timeout, is_tls};
-use super::headers::{add_forwarded, is_upgrade_request, remove_hop_by_hop};
+use super::headers::{Forwarded, is_upgrade_request, remove_hop_by_hop};
 use super::hop::Hop;
 use super::listener::{ConnInfo, ListenerCtx};
 use super::request_body::{BodyFault, RequestBody};
@@ -178,7 +178,8 @@ async fn forward(
     };
     remove_hop_by_hop(req.headers_mut(), client_upgrade.is_some());
     let proto = if conn.tls { "https" } else { "http" };
-    add_forwarded(req.headers_mut(), conn.remote.ip(), proto, host_header);
+    // Written with the upstream request's head when it can be (`Forwarded`).
+    let forwarded = Forwarded::add(req.headers_mut(), conn.remote.ip(), proto, host_header);
 
     // A declared length over the limit is refused before anything is sent upstream; a
     // chunked body is cut off when it passes the limit (`RequestBody`).
@@ -246,7 +247,9 @@ async fn forward(
         let timeout = upstream.config.request_timeout;
         let sent = tokio::time::timeout_at(
             started + timeout,
-            upstream.client.send(in_flight.index(), path.clone(), req),
+            upstream
+                .client
+                .send(in_flight.index(), path.clone(), req, forwarded.as_ref()),
         )
         .await;
         let may_retry = replay.is_some() && attempt < policy.retries;

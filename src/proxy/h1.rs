@@ -32,6 +32,7 @@ use tokio::io::AsyncWrite;
 
 use super::connector::{ConnMeta, Tagged};
 use super::decode::{Decoded, Kind};
+use super::headers::Forwarded;
 use super::request_body::RequestBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -119,12 +120,16 @@ impl Conn {
 
     /// Sends `req` (origin-form target, `Host` set) and reads the response head. The
     /// response body owns the connection from then on.
-    pub async fn send(mut self, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
+    pub async fn send(
+        mut self,
+        req: Request<RequestBody>,
+        forwarded: Option<&Forwarded>,
+    ) -> Result<Response<Body>, Error> {
         let (parts, mut body) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
         self.write.clear();
         self.written = 0;
-        let mut outgoing = encode_head(&mut self.write, &parts, &body);
+        let mut outgoing = encode_head(&mut self.write, &parts, &body, forwarded);
         drop(parts);
         // A request body cut short by an early response leaves the connection unusable.
         let mut body_sent = outgoing == Outgoing::None;
@@ -332,7 +337,12 @@ impl RawFields {
 }
 
 /// Writes the request line and header section; returns how the body goes out.
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBody) -> Outgoing {
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    body: &RequestBody,
+    forwarded: Option<&Forwarded>,
+) -> Outgoing {
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -352,6 +362,9 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBo
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     encode_fields(out, &parts.headers, true);
+    if let Some(forwarded) = forwarded {
+        forwarded.encode(out);
+    }
     match outgoing {
         Outgoing::Length(len) if declared.is_none() => {
             out.extend_from_slice(b"content-length: ");
@@ -778,7 +791,7 @@ mod tests {
         // Framing is hoptrace's to choose: a stray Transfer-Encoding is not passed on.
         req.headers_mut()
             .insert(TRANSFER_ENCODING, "chunked".parse().unwrap());
-        let response = conn.send(req).await.unwrap();
+        let response = conn.send(req, None).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(
             server.await.unwrap(),
@@ -1018,7 +1031,7 @@ mod tests {
             b"\r\n",
         ])
         .await;
-        let response = conn.send(get("/")).await.unwrap();
+        let response = conn.send(get("/"), None).await.unwrap();
         let mut body = response.into_body();
         assert_eq!(fields(&mut body)["x-head"], "a");
         let (data, trailers) = read_all(&mut body).await.unwrap();
@@ -1031,7 +1044,7 @@ mod tests {
     #[tokio::test]
     async fn a_response_read_to_the_close_is_not_reused() {
         let (conn, _server) = upstream(vec![b"HTTP/1.1 200 OK\r\n\r\nto the ", b"end"]).await;
-        let mut body = conn.send(get("/")).await.unwrap().into_body();
+        let mut body = conn.send(get("/"), None).await.unwrap().into_body();
         assert_eq!(read_all(&mut body).await.unwrap().0, "to the end");
         assert!(body.take_reusable().is_none());
     }
@@ -1043,7 +1056,7 @@ mod tests {
             b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
         ])
         .await;
-        let response = conn.send(get("/")).await.unwrap();
+        let response = conn.send(get("/"), None).await.unwrap();
         assert_eq!(response.status(), 201);
         let mut body = response.into_body();
         assert!(fields(&mut body).get("link").is_none());
@@ -1055,7 +1068,7 @@ mod tests {
     async fn bytes_after_the_body_make_the_connection_unusable() {
         let (conn, _server) =
             upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"]).await;
-        let mut body = conn.send(get("/")).await.unwrap().into_body();
+        let mut body = conn.send(get("/"), None).await.unwrap().into_body();
         assert_eq!(read_all(&mut body).await.unwrap().0, "ok");
         assert!(body.take_reusable().is_none());
     }
@@ -1066,7 +1079,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
         ])
         .await;
-        let mut body = conn.send(get("/")).await.unwrap().into_body();
+        let mut body = conn.send(get("/"), None).await.unwrap().into_body();
         assert_eq!(read_all(&mut body).await.unwrap().0, "ok");
         assert!(body.take_reusable().is_none());
     }
@@ -1074,23 +1087,23 @@ mod tests {
     #[tokio::test]
     async fn failures_are_errors_that_say_what_happened() {
         let (conn, _server) = upstream(vec![]).await;
-        let err = conn.send(get("/")).await.unwrap_err();
+        let err = conn.send(get("/"), None).await.unwrap_err();
         assert!(matches!(err, Error::ClosedBeforeHead), "{err}");
 
         let (conn, _server) = upstream(vec![
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         ])
         .await;
-        let err = conn.send(get("/")).await.unwrap_err();
+        let err = conn.send(get("/"), None).await.unwrap_err();
         assert!(matches!(err, Error::Invalid(_)), "{err}");
 
         let (conn, _server) = upstream(vec![b"HTTP/1.1 2000 OK\r\n\r\n"]).await;
-        let err = conn.send(get("/")).await.unwrap_err();
+        let err = conn.send(get("/"), None).await.unwrap_err();
         assert!(matches!(err, Error::Parse(_)), "{err}");
 
         let (conn, _server) =
             upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"]).await;
-        let mut body = conn.send(get("/")).await.unwrap().into_body();
+        let mut body = conn.send(get("/"), None).await.unwrap().into_body();
         let err = read_all(&mut body).await.unwrap_err();
         assert!(matches!(err, Error::ClosedInBody), "{err}");
         assert!(body.take_reusable().is_none());
@@ -1099,7 +1112,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         ])
         .await;
-        let mut body = conn.send(get("/")).await.unwrap().into_body();
+        let mut body = conn.send(get("/"), None).await.unwrap().into_body();
         let err = read_all(&mut body).await.unwrap_err();
         assert!(matches!(err, Error::Chunked), "{err}");
     }
@@ -1112,7 +1125,7 @@ mod tests {
             .header("host", "svc")
             .body(RequestBody::empty())
             .unwrap();
-        let response = conn.send(req).await.unwrap();
+        let response = conn.send(req, None).await.unwrap();
         let mut body = response.into_body();
         assert_eq!(fields(&mut body)["content-length"], "1000");
         assert!(body.is_end_stream());

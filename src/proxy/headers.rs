@@ -121,6 +121,61 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// The `X-Forwarded-*` fields of a request that arrived without any: written straight into
+/// an HTTP/1.1 upstream's request head (`h1::encode_head`), or into the header map for the
+/// other ways out (`insert_into`). Building them in the map costs three hashed names, three
+/// insertions and an allocation for the address per request.
+#[derive(Clone, Debug)]
+pub struct Forwarded {
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+}
+
+impl Forwarded {
+    /// What `add_forwarded` would add: deferred (`Some`) when `headers` has no
+    /// `X-Forwarded-*` field yet, added to `headers` at once (`None`) when it has one, to be
+    /// extended or kept.
+    pub fn add(
+        headers: &mut HeaderMap,
+        client: IpAddr,
+        proto: &'static str,
+        host: Option<HeaderValue>,
+    ) -> Option<Forwarded> {
+        let present = headers.keys().any(|name| {
+            name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST
+        });
+        if present {
+            add_forwarded(headers, client, proto, host);
+            return None;
+        }
+        Some(Forwarded {
+            client,
+            proto,
+            host,
+        })
+    }
+
+    /// The fields as head lines.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        out.extend_from_slice(crate::text::ip(self.client).as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(host) = &self.host {
+            out.extend_from_slice(b"x-forwarded-host: ");
+            out.extend_from_slice(host.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// The fields into `headers` (which has none of them).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        add_forwarded(headers, self.client, self.proto, self.host.clone());
+    }
+}
+
 /// Appends the client's address to `X-Forwarded-For`; sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` unless an earlier hop already did (the first hop knows what the
 /// original client used; later hops would overwrite it with their own view).
@@ -266,5 +321,50 @@ mod tests {
             format!("{chain}, 192.168.1.1, 10.9.9.9").as_str()
         );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    /// Deferred or not, the upstream gets what `add_forwarded` writes into the map.
+    #[test]
+    fn forwarded_fields_written_in_the_head_are_what_add_forwarded_adds() {
+        let host = Some(HeaderValue::from_static("shop.example:8080"));
+        for (client, proto, host) in [
+            ("10.0.0.1", "http", host.clone()),
+            ("2001:db8::7", "https", None),
+            ("::ffff:127.0.0.1", "http", host),
+        ] {
+            let client: IpAddr = client.parse().unwrap();
+            let mut expected = map(&[("host", "shop.example:8080")]);
+            add_forwarded(&mut expected, client, proto, host.clone());
+
+            let mut deferred = map(&[("host", "shop.example:8080")]);
+            let forwarded = Forwarded::add(&mut deferred, client, proto, host.clone()).unwrap();
+            assert_eq!(deferred.len(), 1, "nothing added to the map yet");
+            let mut head = Vec::new();
+            forwarded.encode(&mut head);
+            for line in String::from_utf8(head).unwrap().split_terminator("\r\n") {
+                let (name, value) = line.split_once(": ").unwrap();
+                deferred.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            assert_eq!(deferred, expected);
+
+            let mut inserted = map(&[("host", "shop.example:8080")]);
+            forwarded.insert_into(&mut inserted);
+            assert_eq!(inserted, expected);
+        }
+        // A request that came with any of them: extended in the map at once.
+        for name in ["x-forwarded-for", "X-Forwarded-Proto", "x-forwarded-host"] {
+            let mut h = HeaderMap::new();
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("1.2.3.4"),
+            );
+            let mut expected = h.clone();
+            add_forwarded(&mut expected, "10.0.0.1".parse().unwrap(), "http", None);
+            assert!(Forwarded::add(&mut h, "10.0.0.1".parse().unwrap(), "http", None).is_none());
+            assert_eq!(h, expected);
+        }
     }
 }

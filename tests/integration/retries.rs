@@ -24,6 +24,9 @@ async fn flaky_upstream(
     let (seen, recorded) = (count.clone(), parents.clone());
     let server = serve(move |req: Request<Incoming>| {
         let n = seen.fetch_add(1, Ordering::SeqCst);
+        // Every attempt, the first and each retry, carries the client's address.
+        let forwarded = req.headers().get("x-forwarded-for").map(|v| v.as_bytes())
+            == Some(b"127.0.0.1".as_slice());
         if let Some(tp) = req.headers().get("traceparent") {
             recorded
                 .lock()
@@ -31,7 +34,9 @@ async fn flaky_upstream(
                 .push(tp.to_str().unwrap().to_string());
         }
         async move {
-            if n < failures {
+            if !forwarded {
+                text(500, "no x-forwarded-for")
+            } else if n < failures {
                 text(503, "busy, try again")
             } else {
                 text(200, "ok")
