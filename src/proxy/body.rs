@@ -23,7 +23,7 @@ use super::hop::{Outcome, SpanFinish};
 use super::upstream::InFlight;
 use crate::metrics::RouteMetrics;
 use crate::stitch::Tracked;
-use crate::trace::context::{SpanId, TraceId};
+use crate::trace::context::{SpanId, TraceId, TraceParent};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -37,6 +37,9 @@ pub struct ResponseBody {
     /// Stitching: the inbound request stays "in flight" (or the call open) until this ends.
     tracked: Option<Tracked>,
     bytes: u64,
+    /// This hop's `traceresponse`, written with the response head (`server::conn`), or put in
+    /// the header map for hyper's HTTP/2 server (`fields_into_map`): no header value built.
+    traceresponse: Option<TraceParent>,
 }
 
 /// What is recorded once per request, when its response ends.
@@ -118,10 +121,15 @@ enum Inner {
     Local(Option<Bytes>),
 }
 
-/// Moves an upstream HTTP/1.1 response's head fields into its `HeaderMap`, for whatever
-/// reads the fields there (hyper's HTTP/2 server, captured response headers). Fields
-/// already in the map were set by the proxy: they replace the upstream's of that name.
+/// Moves an upstream HTTP/1.1 response's head fields, and this hop's `traceresponse`, into
+/// the response's `HeaderMap`, for whatever reads the fields there (hyper's HTTP/2 server,
+/// captured response headers). Fields already in the map were set by the proxy: they
+/// replace the upstream's of that name, as `traceresponse` does.
 pub fn fields_into_map(response: &mut http::Response<ResponseBody>) {
+    if let Some(value) = response.body_mut().traceresponse.take() {
+        let name = http::HeaderName::from_static("traceresponse");
+        response.headers_mut().insert(name, value.to_header_value());
+    }
     if let Some(raw) = response.body_mut().take_raw_fields() {
         let added = std::mem::take(response.headers_mut());
         let headers = response.headers_mut();
@@ -149,6 +157,7 @@ impl ResponseBody {
             done: None,
             tracked: None,
             bytes: 0,
+            traceresponse: None,
         }
     }
 
@@ -159,6 +168,7 @@ impl ResponseBody {
             done: None,
             tracked: None,
             bytes: 0,
+            traceresponse: None,
         }
     }
 
@@ -169,6 +179,7 @@ impl ResponseBody {
             done: None,
             tracked: None,
             bytes: 0,
+            traceresponse: None,
         }
     }
 
@@ -179,6 +190,15 @@ impl ResponseBody {
             Inner::Upstream { body, .. } => body.take_raw(),
             Inner::Local(_) => None,
         }
+    }
+
+    /// This hop's `traceresponse`, to be written with the response head.
+    pub fn set_traceresponse(&mut self, value: TraceParent) {
+        self.traceresponse = Some(value);
+    }
+
+    pub fn traceresponse(&self) -> Option<TraceParent> {
+        self.traceresponse
     }
 
     /// The spans end when this body does.

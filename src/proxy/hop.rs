@@ -25,6 +25,7 @@ mod finish;
 
 pub use self::finish::{Outcome, SpanFinish};
 
+use super::body::ResponseBody;
 use super::connector::ConnMeta;
 use super::error::ProxyError;
 use super::listener::{ConnInfo, ListenerCtx};
@@ -454,8 +455,10 @@ impl Hop {
         }
     }
 
-    /// Adds `traceresponse` and the trace-id header, records status and captured headers.
-    pub fn respond<B>(&mut self, response: &mut Response<B>) {
+    /// Adds `traceresponse` (replacing one from further on; written with the head, see
+    /// `ResponseBody::set_traceresponse`) and the trace-id header, records status and
+    /// captured headers.
+    pub fn respond(&mut self, response: &mut Response<ResponseBody>) {
         let tracing = &self.config.tracing;
         if let Some(rec) = self.recording.as_mut() {
             rec.base.status = Some(response.status().as_u16());
@@ -472,9 +475,10 @@ impl Hop {
                     parent_id: span_id,
                     flags: self.flags,
                 };
-                response
-                    .headers_mut()
-                    .insert(TRACERESPONSE.clone(), value.to_header_value());
+                // An upstream's (hyper's responses carry theirs in the map; an HTTP/1.1
+                // upstream's is left out when the head is written).
+                response.headers_mut().remove(&TRACERESPONSE);
+                response.body_mut().set_traceresponse(value);
             }
         }
         if let Some(name) = &tracing.trace_id_header {

@@ -298,9 +298,21 @@ impl<I: Io> Conn<I> {
         };
         encode_status(&mut out, parts.status);
         if let Some(raw) = &raw {
-            raw.encode(&mut out, &parts.headers);
+            let traceresponse = body.traceresponse().is_some();
+            raw.encode(&mut out, |name| {
+                (traceresponse && name.eq_ignore_ascii_case(b"traceresponse"))
+                    || parts
+                        .headers
+                        .keys()
+                        .any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(name))
+            });
         }
         encode_fields(&mut out, &parts.headers, true);
+        if let Some(value) = body.traceresponse() {
+            out.extend_from_slice(b"traceresponse: ");
+            out.extend_from_slice(&value.format());
+            out.extend_from_slice(b"\r\n");
+        }
         match framing {
             Framing::Length(len) if declared.is_none() => {
                 out.extend_from_slice(b"content-length: ");
