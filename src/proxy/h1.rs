@@ -283,14 +283,6 @@ impl RawFields {
             })
     }
 
-    /// The first value of `name`.
-    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
-        let name = name.as_str().as_bytes();
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    }
-
     /// `name: value` lines for a response head: as `encode_fields` writes a header map, one
     /// `Content-Length` only (the framing fields are gone already). Fields `replaced` names
     /// are left out: the proxy sets its own (`traceresponse`, the trace-id header).
@@ -449,8 +441,8 @@ pub(super) fn push_number(out: &mut Vec<u8>, n: u64, radix: u64) {
 /// The framing is read off the raw fields, and the hop-by-hop fields (RFC 9110 §7.6.1:
 /// `Connection` and the fields it names, `Keep-Alive`, `Proxy-Connection`,
 /// `Transfer-Encoding`, `TE` but `TE: trailers`, `Upgrade`, `Proxy-Authenticate`,
-/// `Proxy-Authorization`) never enter the header map: the result is what `remove_hop_by_hop`
-/// would leave (a unit test checks it), without hashing fields only to remove them again.
+/// `Proxy-Authorization`) are left out of the `RawFields` kept: the rest is what
+/// `remove_hop_by_hop` would leave of a header map (a unit test checks it).
 /// Protocol switches, which must keep `Connection: upgrade`, do not come through here
 /// (`client.rs`).
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {

@@ -652,7 +652,6 @@ fn encode_status(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The response's `Content-Length`, when it is one valid number.
 /// What the response head writer needs to know of the response's fields, looked up in one
 /// pass: the proxy's own (the map, first: they replace the upstream's) and an HTTP/1.1
 /// upstream's (`h1::RawFields`).
