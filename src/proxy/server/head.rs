@@ -86,13 +86,17 @@ pub fn parse(buf: &mut BytesMut, limits: Limits) -> Result<Option<Head>, HeadErr
     else {
         return Ok(None);
     };
-    // Room for the fields the proxy adds (X-Forwarded-*, trace context) without a rehash.
-    let count = spans.len() + 6;
+    // Room for the fields the proxy adds (trace context, `Host` when absent) without a
+    // rehash (`X-Forwarded-*` are written with the upstream's head).
+    let count = spans.len() + 4;
     let head = buf.split_to(len).freeze();
     let slice = |[at, len]: [u32; 2]| head.slice(at as usize..(at + len) as usize);
     let uri = Uri::from_maybe_shared(slice(target_at))
         .map_err(|_| HeadError::Malformed("request target"))?;
     let mut headers = HeaderMap::with_capacity(count);
+    // Which of the fields that decide framing and the connection's fate are there: the map
+    // is asked only about those (most requests carry none of them).
+    let mut present = Present::default();
     for [name_at, name_len, value_at, value_len] in spans.iter() {
         let name = head
             .get(name_at as usize..(name_at + name_len) as usize)
@@ -100,16 +104,27 @@ pub fn parse(buf: &mut BytesMut, limits: Limits) -> Result<Option<Head>, HeadErr
             .ok_or(HeadError::Malformed("header name"))?;
         let value = HeaderValue::from_maybe_shared(slice([value_at, value_len]))
             .map_err(|_| HeadError::Malformed("header value"))?;
+        present.note(&name);
         headers.append(name, value);
     }
-    let framing = framing(version, &headers)?;
-    let keep_alive = keep_alive(version, &headers);
-    let expect_continue = version == Version::HTTP_11
+    let framing = if present.framing {
+        framing(version, &headers)?
+    } else {
+        Framing::Body(Kind::Done)
+    };
+    let keep_alive = if present.connection {
+        keep_alive(version, &headers)
+    } else {
+        version == Version::HTTP_11
+    };
+    let expect_continue = present.expect
+        && version == Version::HTTP_11
         && headers
             .get(EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let upgrade = version == Version::HTTP_11
-        && headers.contains_key(UPGRADE)
+    let upgrade = present.upgrade
+        && present.connection
+        && version == Version::HTTP_11
         && has_token(&headers, CONNECTION, "upgrade");
     let mut request = Request::new(());
     *request.method_mut() = method;
@@ -129,6 +144,31 @@ pub fn parse(buf: &mut BytesMut, limits: Limits) -> Result<Option<Head>, HeadErr
         upgrade,
         ambiguous,
     }))
+}
+
+/// Which fields that `parse` asks the header map about a head has.
+#[derive(Default)]
+struct Present {
+    /// `Transfer-Encoding` or `Content-Length`.
+    framing: bool,
+    connection: bool,
+    expect: bool,
+    upgrade: bool,
+}
+
+impl Present {
+    /// Standard names compare as small integers.
+    fn note(&mut self, name: &HeaderName) {
+        if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
+            self.framing = true;
+        } else if name == CONNECTION {
+            self.connection = true;
+        } else if name == EXPECT {
+            self.expect = true;
+        } else if name == UPGRADE {
+            self.upgrade = true;
+        }
+    }
 }
 
 /// Where a complete head's parts are in the buffer.
