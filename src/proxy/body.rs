@@ -126,13 +126,12 @@ enum Inner {
 /// captured response headers). Fields already in the map were set by the proxy: they
 /// replace the upstream's of that name, as `traceresponse` does.
 pub fn fields_into_map(response: &mut http::Response<ResponseBody>) {
-    if let Some(value) = response.body_mut().traceresponse.take() {
-        let name = http::HeaderName::from_static("traceresponse");
-        response.headers_mut().insert(name, value.to_header_value());
-    }
+    let traceresponse = response.body_mut().traceresponse.take();
     if let Some(raw) = response.body_mut().take_raw_fields() {
+        // Usually empty: what the proxy set goes with the body (`traceresponse`).
         let added = std::mem::take(response.headers_mut());
         let headers = response.headers_mut();
+        headers.reserve(raw.len() + added.len() + usize::from(traceresponse.is_some()));
         raw.append_to(headers);
         for name in added.keys() {
             headers.remove(name);
@@ -140,6 +139,10 @@ pub fn fields_into_map(response: &mut http::Response<ResponseBody>) {
         for (name, value) in &added {
             headers.append(name.clone(), value.clone());
         }
+    }
+    if let Some(value) = traceresponse {
+        let name = http::HeaderName::from_static("traceresponse");
+        response.headers_mut().insert(name, value.to_header_value());
     }
 }
 

@@ -305,6 +305,11 @@ impl RawFields {
         }
     }
 
+    /// How many fields there are.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
     /// Appends the fields to `headers`, in order; header values share the head's bytes.
     pub fn append_to(self, headers: &mut HeaderMap) {
         headers.reserve(self.fields.len());
