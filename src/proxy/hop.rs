@@ -348,10 +348,12 @@ impl Hop {
 
     /// An upstream attempt begins (CLIENT span start) on `peer`, over TLS if `tls`.
     pub fn attempt<B>(&mut self, peer: &Authority, tls: bool, req: &mut Request<B>) {
-        let Some(rec) = self.recording.as_mut() else {
+        // No CLIENT span (inbound) is known without reading the boxed recording, which is
+        // out of cache by now when many requests are in flight.
+        let Some(client_id) = self.client_id else {
             return;
         };
-        let Some(client_id) = self.client_id else {
+        let Some(rec) = self.recording.as_mut() else {
             return;
         };
         let now = Instant::now();
@@ -380,10 +382,13 @@ impl Hop {
     /// Response headers arrived from the upstream, over the connection `meta` describes
     /// (the client copies each connection's `ConnMeta` into its responses' extensions).
     pub fn attempt_response(&mut self, status: u16, meta: Option<&ConnMeta>) {
+        // Inbound: no CLIENT span, and no need to touch the recording (see `attempt`).
+        if self.client_id.is_none() {
+            return;
+        }
         let Some(rec) = self.recording.as_mut() else {
             return;
         };
-        // Inbound hops have no CLIENT span: no clock read for them.
         if let (Some(client), Some(client_started)) = (rec.client.as_mut(), rec.client_started) {
             let now = Instant::now();
             client.status = Some(status);
